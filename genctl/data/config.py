@@ -1,0 +1,29 @@
+"""The schema of a recipe's ``data:`` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from genctl.spec import Schema
+
+DataKind = Literal["shapes", "images", "mnist", "cifar10", "paired", "unpaired", "super_resolution"]
+
+
+class DataConfig(Schema):
+    kind: DataKind
+    root: str | None = None  # a folder or a .zip (images); the dataset folder otherwise
+    split: Literal["train", "test"] = "train"
+    image_size: int = Field(32, gt=0)  # square side after resize (HR side for super_resolution)
+    channels: Literal[1, 3] = 3
+    labels: bool = True  # class sub-folders become labels when present
+    limit: int | None = Field(None, gt=0)  # use at most this many images (the first, sorted)
+    resize: Literal["center_crop", "stretch"] = "center_crop"  # for non-square images
+    background: tuple[int, int, int] = (255, 255, 255)  # RGBA is flattened onto this colour
+    flip: bool = False  # random horizontal flip, applied on the batch
+    direction: Literal["a2b", "b2a"] = "a2b"  # paired/unpaired: which side is the input
+    scale: int = Field(4, gt=1)  # super_resolution: HR side / LR side
+    size: int = Field(10000, gt=0)  # shapes: number of generated images
+    download: bool = False  # mnist/cifar10: download when absent (needs internet)
+    cache: bool = True  # keep decoded uint8 tensors in a cache on disk

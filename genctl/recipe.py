@@ -1,0 +1,306 @@
+"""Recipes: load YAML safely, apply command-line overrides, validate, dump the resolved recipe.
+
+Every section has a schema with defaults in one place (below). Unknown keys are errors, and every
+error names the key path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from genctl.data.config import DataConfig
+from genctl.errors import BadInput
+from genctl.spec import ModelSpec, Schema
+
+# ---------------------------------------------------------------- the schema
+
+
+class OptimizerConfig(Schema):
+    name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(2.0e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)  # the GAN default (DCGAN paper)
+    weight_decay: float = Field(0.0, ge=0)
+    eps: float = Field(1.0e-8, gt=0)
+    momentum: float = Field(0.0, ge=0)
+
+
+class OptimizerOverride(Schema):
+    """Per-group changes to ``train.optimizer`` (only the keys given change)."""
+
+    name: Literal["adam", "adamw", "rmsprop", "sgd"] | None = None
+    lr: float | None = Field(None, gt=0)
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = Field(None, ge=0)
+    eps: float | None = Field(None, gt=0)
+    momentum: float | None = Field(None, ge=0)
+
+
+class LRScheduleConfig(Schema):
+    kind: Literal["constant", "linear_decay", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    decay_start: float = Field(0.0, ge=0)  # linear_decay: step (>= 1) or fraction of train.steps
+    final_factor: float = Field(0.0, ge=0, le=1)  # lr at the last step, as a fraction
+
+
+class EMAConfig(Schema):
+    networks: list[str] = []  # networks to keep an exponential moving average of
+    decay: float = Field(0.999, ge=0, lt=1)
+    start: int = Field(0, ge=0)  # step from which EMA starts tracking (copies before)
+
+
+class TrainConfig(Schema):
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(64, gt=0)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    optimizers: dict[str, OptimizerOverride] = {}  # per optimizer group, e.g. {d: {lr: 1e-4}}
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    ema: EMAConfig = EMAConfig()
+    grad_clip: float | None = Field(None, gt=0)
+    log_every: int = Field(50, gt=0)
+    sample_every: int = Field(500, gt=0)
+    checkpoint_every: int = Field(1000, gt=0)
+    grid_size: int = Field(64, gt=0)
+    compile: bool = False  # torch.compile the networks
+    init_from: str | None = None  # RUN_ID or checkpoint path: start from these weights
+
+
+class EvaluateConfig(Schema):
+    every: int | None = Field(None, gt=0)
+    metrics: list[str] = ["fid", "kid"]
+    num_samples: int = Field(10000, gt=0)
+    batch_size: int = Field(64, gt=0)
+    best: str | None = None  # keep the best checkpoint by this metric
+    feature_extractor_weights: str | None = None  # local Inception weights (offline)
+
+
+class TrackingConfig(Schema):
+    experiment: str | None = None  # default: the plugin's name
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    run_name: str | None = None  # default: the recipe's name
+    log_checkpoints: bool = True
+
+
+class RecipeBase(Schema):
+    name: str
+    plugin: str
+    description: str = ""
+    model: dict[str, Any] = {}
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: typed sections plus the plugin's model config."""
+
+    base: RecipeBase
+    model: BaseModel
+    spec: ModelSpec
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def plugin(self) -> str:
+        return self.base.plugin
+
+    @property
+    def data(self) -> DataConfig:
+        return self.base.data
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.base.train
+
+    @property
+    def evaluate(self) -> EvaluateConfig:
+        return self.base.evaluate
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return self.base.tracking
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe: every default filled in, in recipe order."""
+        d = self.base.model_dump(mode="json")
+        d["model"] = self.model.model_dump(mode="json")
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file; missing files and malformed YAML are bad input."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput(
+            f"recipe file {str(path)!r} not found",
+            "Give a path to a YAML recipe; `genctl recipes list` shows the shipped ones.",
+        )
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(f"{path}: malformed YAML{where}: {problem}", "Fix the YAML syntax.") from None
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` (value parsed as YAML) and ``~key.sub`` (delete) to a copy."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if item.startswith("~"):
+            keys = item[1:].split(".")
+            node = out
+            for k in keys[:-1]:
+                node = node.get(k) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if not isinstance(node, dict) or keys[-1] not in node:
+                raise BadInput(f"override {item!r}: there is no key {item[1:]!r} to remove")
+            del node[keys[-1]]
+            continue
+        if "=" not in item:
+            raise BadInput(
+                f"override {item!r} is not key=value",
+                "Write overrides as key.sub=value (e.g. train.steps=500) or ~key to remove one.",
+            )
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        keys = key.strip().split(".")
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return out
+
+
+def validate(raw: dict[str, Any], path: str | None = None, *, spec: ModelSpec | None = None) -> Recipe:
+    """Validate a raw recipe dict; the plugin named by ``plugin:`` supplies the ``model:`` schema."""
+    where = f"{path}: " if path else ""
+    try:
+        base = RecipeBase.model_validate(raw)
+    except ValidationError as exc:
+        raise BadInput(where + format_validation_error(exc, RecipeBase), _fix_hint(path)) from None
+    if spec is None:
+        from genctl.plugins import get_spec
+
+        spec = get_spec(base.plugin)
+    try:
+        model = spec.config.model_validate(base.model)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, spec.config, prefix=("model",))
+        raise BadInput(where + msg, _fix_hint(path)) from None
+    return Recipe(base=base, model=model, spec=spec, path=path)
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate the recipe at ``path``."""
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    return validate(raw, str(path))
+
+
+def _fix_hint(path: str | None) -> str:
+    return f"Fix {path} or override on the command line (key.sub=value)." if path else ""
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> str:
+    """One line per problem: the key path, the bad value, and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, tuple(err["loc"])[:-1])
+            key = str(err["loc"][-1])
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(f"unknown key {dotted!r}: {hint}allowed here: {', '.join(allowed)}")
+        elif kind == "missing":
+            lines.append(f"missing required key {dotted!r}")
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            lines.append(f"{dotted}: {value!r} is not allowed; expected {expected}")
+        else:
+            lines.append(f"{dotted}: {value!r} is invalid: {err['msg']}")
+    return "; ".join(lines) if len(lines) > 1 else lines[0]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    node: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
+            node = _unwrap(node.model_fields[part].annotation)
+        elif isinstance(node, type) and issubclass(node, BaseModel):
+            return sorted(node.model_fields)
+        else:  # a dict of sub-models (train.optimizers.<group>)
+            node = _unwrap(typing.get_args(node)[-1]) if typing.get_args(node) else node
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None`` or ``dict[str, X]``, else the annotation itself."""
+    for arg in typing.get_args(annotation) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        inner = _unwrap(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+# ---------------------------------------------------------------- shipped recipes
+
+
+def recipes_dir() -> Path:
+    """The folder of shipped recipes (``recipes/`` beside the package in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,27 @@
+"""Shared fixtures: the real datasets in ../shared/data, an isolated tracking store per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real datasets (../shared/data); tests that need them skip cleanly when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (see the README's Testing section)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Run in a fresh folder with its own MLflow store (sqlite:///mlflow.db and ./mlruns there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GENCTL_CACHE", str(tmp_path / ".cache"))
+    return tmp_path
