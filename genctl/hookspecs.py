@@ -13,7 +13,7 @@ duplicates with a message naming both plugins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -32,6 +32,25 @@ def genctl_register_models(registry: ModelRegistry) -> None:
 
     :param registry: call ``registry.add(ModelSpec(...))`` once per model. A name already taken
         by another plugin is rejected with an error naming both plugins.
+
+    Since 0.1.0.
+    """
+
+
+# ---------------------------------------------------------------- diffusion guidance
+
+
+@hookspec
+def genctl_register_guidance(registry: Any) -> None:
+    """Register guidance functions for the diffusion sampler (``genctl sample ... guide=NAME``).
+
+    :param registry: call ``registry.add(name, make, default_scale=1.0, description="")``.
+        ``make(options, data_info, device)`` gets the sampler options (``color``, ``target_class``,
+        ``classifier`` ...) and returns ``loss(x0, t)``: one loss per image (a tensor of N)
+        for the sampler's estimate ``x0`` of the clean images (N x C x H x W in [-1, 1]) at
+        timesteps ``t``. The sampler moves each noisy image against the gradient of that loss
+        before each step. A name already taken is rejected with an error naming both plugins.
+        Built in (genctl_ddpm): ``color``, ``classifier``.
 
     Since 0.1.0.
     """

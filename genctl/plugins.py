@@ -44,7 +44,9 @@ class ModelRegistry:
     def add(self, spec: ModelSpec) -> None:
         """Register ``spec``; a name already taken is an error naming both plugins."""
         if not isinstance(spec, ModelSpec):
-            raise TypeError(f"registry.add() takes a genctl.spec.ModelSpec, not {type(spec).__name__}")
+            raise TypeError(
+                f"registry.add() takes a genctl.spec.ModelSpec, not {type(spec).__name__}"
+            )
         if spec.name in self._specs:
             other = self._specs[spec.name]
             raise ValueError(
@@ -109,7 +111,7 @@ def load_plugins(extra: dict[str, object] | None = None) -> PluginSet:
         if wanted and ep.name not in wanted:
             continue
         dist = getattr(ep, "dist", None)
-        package = dist.metadata["Name"] if dist is not None else "?"
+        package = ep.value.split(":")[0]  # the module: genctl_dcgan, or a third party's
         version = dist.version if dist is not None else "?"
         try:
             obj = ep.load()
@@ -120,28 +122,40 @@ def load_plugins(extra: dict[str, object] | None = None) -> PluginSet:
     for name, obj in (extra or {}).items():
         candidates.append((name, repr(obj), getattr(obj, "__name__", name), "", obj))
 
+    info: dict[str, tuple[str, str, str]] = {}  # plugin name -> value, package, version
     for name, value, package, version, obj in candidates:
         if pm.is_registered(obj) or pm.has_plugin(name):
             continue
         try:
             pm.register(obj, name=name)
-            registry._current = (name, package, version)
-            pm.subset_hook_caller("genctl_register_models", remove_plugins=[
-                p for p in pm.get_plugins() if p is not obj
-            ])(registry=registry)
         except Exception as exc:
-            if pm.is_registered(obj):
-                pm.unregister(obj)
+            errors.append(_load_error(name, value, package, exc))
+            continue
+        info[name] = (value, package, version)
+
+    # Each plugin registers its models on its own, so one that raises is skipped alone.
+    for impl in pm.hook.genctl_register_models.get_hookimpls():
+        name = impl.plugin_name
+        value, package, version = info.get(name, ("", "?", "?"))
+        registry._current = (name, package, version)
+        try:
+            impl.function(registry=registry)
+        except Exception as exc:
+            pm.unregister(impl.plugin)
             errors.append(_load_error(name, value, package, exc))
             continue
         loaded[name] = (package, version)
     registry._current = ("", "", "")
-    try:
-        pm.check_pending()  # a misspelled hook implementation is an error, not silence
-    except pluggy.PluginValidationError as exc:
-        bad = exc.plugin
-        pm.unregister(bad)
-        errors.append(_load_error(pm.get_name(bad) or str(bad), "", "?", exc))
+    while True:  # a misspelled hook implementation is an error, not silence
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or str(exc.plugin)
+            pm.unregister(exc.plugin)
+            loaded.pop(name, None)
+            value, package, _ = info.get(name, ("", "?", "?"))
+            errors.append(_load_error(name, value, package, exc))
     return PluginSet(pm, registry, errors, loaded)
 
 

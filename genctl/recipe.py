@@ -162,7 +162,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BadInput(f"{path}: malformed YAML{where}: {problem}", "Fix the YAML syntax.") from None
+        raise BadInput(
+            f"{path}: malformed YAML{where}: {problem}", "Fix the YAML syntax."
+        ) from None
     if not isinstance(raw, dict):
         raise BadInput(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
     return raw
@@ -203,7 +205,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def validate(raw: dict[str, Any], path: str | None = None, *, spec: ModelSpec | None = None) -> Recipe:
+def validate(
+    raw: dict[str, Any], path: str | None = None, *, spec: ModelSpec | None = None
+) -> Recipe:
     """Validate a raw recipe dict; the plugin named by ``plugin:`` supplies the ``model:`` schema."""
     where = f"{path}: " if path else ""
     try:
@@ -235,7 +239,9 @@ def _fix_hint(path: str | None) -> str:
 # ---------------------------------------------------------------- error messages
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: tuple = ()) -> str:
+def format_validation_error(
+    exc: ValidationError, model: type[BaseModel], prefix: tuple = ()
+) -> str:
     """One line per problem: the key path, the bad value, and what is allowed."""
     lines = []
     for err in exc.errors():

@@ -1,0 +1,83 @@
+"""The checkpoint format: one file, written atomically, loaded without running code.
+
+A checkpoint is a dict of tensors and plain values (``torch.load(weights_only=True)`` reads it,
+so a checkpoint can never run code): format tag and version, genctl and plugin versions, the
+resolved recipe, the step, network and EMA weights, optimizer and scheduler states, the
+objective's state, RNG states, the data position and the MLflow run id. The final model of a run
+is the same format without the training state.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genctl.errors import BadInput
+
+FORMAT = "genctl-checkpoint"
+VERSION = 1
+LAST = "checkpoints/last.pt"  # artifact paths inside a run
+BEST = "checkpoints/best.pt"
+FINAL = "model/final.pt"
+
+
+def save(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write(payload: dict[str, Any], f) -> None:
+    """Serialise ``payload`` (tagged with the format) to a path or file object."""
+    torch.save({"format": FORMAT, "format_version": VERSION, **payload}, f)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a genctl checkpoint; missing, corrupt or foreign files are bad input."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(
+            f"checkpoint {str(path)!r} not found", "Give the path of a .pt file written by genctl."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+    ) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(
+            f"{path} is not a readable genctl checkpoint (corrupt, truncated or unsafe): {first[:200]}",
+            "Use another checkpoint of the run (checkpoints/last.pt, model/final.pt) or retrain.",
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise BadInput(
+            f"{path} is not a genctl checkpoint (no '{FORMAT}' tag)",
+            "genctl reads only checkpoints it wrote; to start from foreign weights, convert them first.",
+        )
+    if ckpt.get("format_version", 0) > VERSION:
+        raise BadInput(
+            f"{path} was written by a newer genctl (format {ckpt['format_version']} > {VERSION})",
+            "Upgrade genctl to read it.",
+        )
+    return ckpt

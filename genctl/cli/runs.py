@@ -1,0 +1,43 @@
+"""`genctl runs` and `genctl ui`: the runs in the tracking store."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+SHOWN_METRICS = ("eval/fid", "eval/kid_mean", "train/loss_g", "train/loss_d")
+
+
+@app.command("list")
+def list_command(
+    plugin: str = typer.Option(None, "--plugin", "-p", help="Only runs of this family."),
+    limit: int = typer.Option(20, "--limit", "-n", help="How many runs."),
+) -> None:
+    """Recent runs, newest first: id, name, plugin, status, step, and key metrics."""
+    from genctl.tracking import resolve_uri, search_runs
+
+    runs = search_runs(plugin=plugin, limit=limit)
+    if not runs:
+        typer.echo(f"no runs in {resolve_uri()}")
+        return
+    typer.echo(f"{'RUN ID':34}{'NAME':26}{'PLUGIN':12}{'STATUS':10}{'STARTED':18}METRICS")
+    for r in runs:
+        started = _dt.datetime.fromtimestamp(r.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        metrics = "  ".join(
+            f"{k.split('/')[-1]}={r.metrics[k]:.4g}" for k in SHOWN_METRICS if k in r.metrics
+        )
+        typer.echo(f"{r.run_id:34}{r.name[:25]:26}{r.plugin:12}{r.status:10}{started:18}{metrics}")
+
+
+def ui_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(5000, "--port", help="Port to listen on."),
+) -> None:
+    """Start the MLflow UI on genctl's tracking store (compare runs side by side)."""
+    from genctl.tracking import resolve_uri, ui
+
+    typer.echo(f"MLflow UI for {resolve_uri()} at http://{host}:{port}  (Ctrl-C to stop)")
+    raise typer.Exit(ui(None, host, port))

@@ -1,0 +1,123 @@
+"""`genctl sample`: images from a trained model, with the family's sampler options."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genctl.errors import BadInput
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = (
+                    part.split("-", 1)
+                    if not part.startswith("-")
+                    else ("-" + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1])
+                )
+                seeds.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise BadInput(
+            f"--seeds {text!r} is not a list of seeds", "Write seeds as 0-15 or 1,5,9 or 0-3,10."
+        ) from None
+    if not seeds:
+        raise BadInput(f"--seeds {text!r} names no seeds", "Write seeds as 0-15 or 1,5,9.")
+    return seeds
+
+
+def sample_command(
+    options: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sampler options key=value (see `genctl plugins list`)."),
+    ] = None,
+    plugin: Annotated[
+        str | None, typer.Option("--plugin", "-p", help="Newest finished run of this family.")
+    ] = None,
+    run: Annotated[str | None, typer.Option("--run", help="MLflow run id to sample from.")] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Checkpoint file to sample from.")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 16,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed: the same seed gives the same images.")
+    ] = 0,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="One image per seed: 0-15, 1,5,9.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="A .png grid, or a folder for one file per image.")
+    ] = Path("samples.png"),
+    input: Annotated[
+        str | None,
+        typer.Option(
+            "--input", "-i", help="Input image or folder (translation, super-resolution, img2img)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+) -> None:
+    """Sample images from a trained model.
+
+    \b
+    genctl sample --plugin dcgan --n 64 --out grid.png
+    genctl sample --run RUN_ID --seeds 0-15 --out faces/ truncation=0.7
+    genctl sample --plugin cyclegan --input photos/ --out zebras/ direction=a2b
+    """
+    import torch
+
+    from genctl.sampling import find_checkpoint, load_model, parse_options, read_inputs, save_images
+    from genctl.trainer import _pick_device
+
+    if sum(x is not None for x in (plugin, run, checkpoint)) != 1:
+        raise BadInput(
+            "say what to sample from: exactly one of --plugin NAME, --run RUN_ID, --checkpoint PATH"
+        )
+    if plugin is not None:
+        from genctl.plugins import get_spec
+
+        parse_options(get_spec(plugin), list(options or []))  # fail fast, before loading anything
+    dev = _pick_device(device)
+    model = load_model(find_checkpoint(run=run, path=checkpoint, plugin=plugin), dev)
+    opts = parse_options(model.spec, list(options or []))
+    inputs, names = (None, None)
+    if input is not None:
+        inputs, names = read_inputs(input, model.info, dev)
+    elif model.spec.takes_input:
+        raise BadInput(
+            f"{model.spec.name} translates images: give them with --input FILE_OR_FOLDER"
+        )
+
+    with torch.no_grad():
+        if inputs is not None:
+            images = model.sampler.sample(
+                len(inputs), opts, torch.Generator().manual_seed(seed), inputs=inputs
+            )
+        elif seeds is not None:
+            images = torch.cat(
+                [
+                    model.sampler.sample(1, opts, torch.Generator().manual_seed(s))
+                    for s in parse_seeds(seeds)
+                ]
+            )
+            names = [f"seed{s:04d}" for s in parse_seeds(seeds)]
+        else:
+            images = model.sampler.sample(n, opts, torch.Generator().manual_seed(seed))
+    nrow = (
+        model.sampler.nrow(opts)
+        if hasattr(model.sampler, "nrow")
+        else int(math.ceil(math.sqrt(len(images))))
+    )
+    paths = save_images(images, out, nrow=nrow, names=names)
+    where = paths[0] if len(paths) == 1 else out
+    typer.echo(
+        f"{len(images)} images from {model.spec.name} (step {model.step}, {model.source}) -> {where}"
+    )

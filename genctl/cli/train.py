@@ -1,0 +1,62 @@
+"""`genctl train`: train a model from a recipe, or resume a run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from genctl.errors import BadInput
+
+
+def train_command(
+    recipe: Annotated[
+        str | None, typer.Argument(help="Recipe YAML file (optional with --resume).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key.sub=value overrides; ~key removes.")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="RUN_ID or checkpoint path to continue.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the resolved recipe and exit.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")
+    ] = True,
+) -> None:
+    """Train a model from a YAML recipe; every run is recorded in MLflow.
+
+    \b
+    genctl train recipes/quickstart.yaml
+    genctl train recipes/dcgan-mnist.yaml train.steps=2000 data.image_size=32
+    genctl train --resume RUN_ID            continue an interrupted run
+    """
+    from genctl import recipe as recipes
+    from genctl.trainer import load_resume_recipe, train
+
+    overrides = list(overrides or [])
+    if recipe is not None and ("=" in recipe or recipe.startswith("~")):
+        overrides.insert(0, recipe)
+        recipe = None
+    if recipe is None and resume is None:
+        raise BadInput(
+            "no recipe given",
+            "Usage: genctl train RECIPE.yaml [key=value ...]  (or --resume RUN_ID)",
+        )
+    if recipe is not None:
+        r = recipes.load(recipe, overrides)
+    else:
+        r, _ = load_resume_recipe(resume, overrides)
+    if dry_run:
+        typer.echo(r.to_yaml(), nl=False)
+        return
+    result = train(r, resume=resume, progress=progress)
+    if result.interrupted:
+        typer.echo(
+            f"interrupted at step {result.step}; checkpoint saved. Resume with: genctl train --resume {result.run_id}",
+            err=True,
+        )
+        raise typer.Exit(130)
+    typer.echo(f"run {result.run_id} finished at step {result.step}. See it with `genctl ui`.")

@@ -1,0 +1,218 @@
+"""Sampling: rebuild a trained model from a run or checkpoint, validate sampler options, write images."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from genctl import checkpoint
+from genctl.errors import BadInput
+from genctl.spec import DataInfo, ModelSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    config: BaseModel
+    info: DataInfo
+    nets: dict[str, nn.Module]  # EMA networks replace their sources: samplers see the averages
+    sampler: Any
+    step: int
+    run_id: str | None
+    recipe: dict[str, Any]
+    source: str  # the checkpoint file it came from
+
+
+def find_checkpoint(
+    *, run: str | None = None, path: str | None = None, plugin: str | None = None
+) -> Path:
+    """The checkpoint to sample from: a file, a run's final model, or the newest finished run of a plugin."""
+    from genctl.trainer import resolve_checkpoint
+
+    if path:
+        return resolve_checkpoint(path)
+    if run:
+        return resolve_checkpoint(run, (checkpoint.FINAL, checkpoint.LAST))
+    from genctl.plugins import get_spec
+    from genctl.tracking import resolve_uri, search_runs
+
+    get_spec(plugin)  # unknown plugin: bad input listing the installed ones
+    runs = search_runs(plugin=plugin, status="FINISHED", limit=1)
+    if not runs:
+        raise BadInput(
+            f"no finished {plugin} run in the tracking store {resolve_uri()}",
+            f"Train one first (genctl train recipes/{plugin}.yaml), or pass --run / --checkpoint.",
+        )
+    return resolve_checkpoint(runs[0].run_id, (checkpoint.FINAL, checkpoint.LAST))
+
+
+def load_model(path: Path, device: torch.device) -> LoadedModel:
+    """Rebuild the networks and the sampler stored in checkpoint ``path``."""
+    from genctl.plugins import get_spec
+    from genctl.trainer import _load_nets
+
+    ckpt = checkpoint.load(path)
+    for key in ("plugin", "recipe", "data_info", "nets"):
+        if key not in ckpt:
+            raise BadInput(
+                f"{path} is a genctl checkpoint without {key!r}; it cannot be sampled from"
+            )
+    spec = get_spec(ckpt["plugin"])
+    try:
+        config = spec.config.model_validate(ckpt["recipe"].get("model", {}))
+    except ValidationError as exc:
+        raise BadInput(
+            f"{path}: its model settings no longer validate with the installed {spec.name} plugin "
+            f"{spec.version}: {exc.errors()[0]['msg']}"
+        ) from None
+    info = DataInfo(
+        **{**ckpt["data_info"], "class_names": tuple(ckpt["data_info"].get("class_names", ()))}
+    )
+    nets = spec.build(config, info)
+    _load_nets(nets, ckpt["nets"], str(path))
+    for name, state in ckpt.get("ema", {}).items():
+        src = name[: -len("_ema")]
+        if src in nets:
+            nets[src].load_state_dict(state)
+    for net in nets.values():
+        net.to(device).eval().requires_grad_(False)
+    ema_view = {
+        **nets,
+        **{f"{k}_ema": v for k, v in nets.items() if f"{k}_ema" in ckpt.get("ema", {})},
+    }
+    sampler = spec.sampler(config, ema_view, info)
+    return LoadedModel(
+        spec,
+        config,
+        info,
+        nets,
+        sampler,
+        ckpt["step"],
+        ckpt.get("run_id"),
+        ckpt["recipe"],
+        str(path),
+    )
+
+
+def parse_options(spec: ModelSpec, pairs: list[str]) -> BaseModel:
+    """Validate ``key=value`` sampler options against the sampler's schema."""
+    import yaml
+
+    schema = spec.sampler_options
+    fields = schema.model_fields
+    valid = ", ".join(f"{(f.alias or n)}" for n, f in fields.items()) or "none"
+    raw: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BadInput(
+                f"sampler option {pair!r} is not key=value", f"Options of {spec.name}: {valid}."
+            )
+        key, _, text = pair.partition("=")
+        try:
+            raw[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raw[key] = text
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown option {key!r}")
+            else:
+                problems.append(f"{key}={err.get('input')!r}: {err['msg']}")
+        raise BadInput(
+            f"{spec.name} sampler: {'; '.join(problems)}", f"Valid options: {valid}."
+        ) from None
+
+
+def options_help(spec: ModelSpec) -> str:
+    """``name=default`` for each sampler option, for `genctl plugins list`."""
+    parts = []
+    for name, f in spec.sampler_options.model_fields.items():
+        default = f.default if f.default is not None else "none"
+        parts.append(f"{f.alias or name}={default}")
+    return " ".join(parts) or "-"
+
+
+def read_inputs(
+    path: str | Path, info: DataInfo, device: torch.device
+) -> tuple[torch.Tensor, list[str]]:
+    """Images from a file or folder, as the model's input: float [-1, 1], resized, on ``device``."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    elif p.is_file():
+        files = [p]
+    else:
+        raise BadInput(
+            f"--input {str(path)!r} does not exist", "Give an image file or a folder of images."
+        )
+    if not files:
+        raise BadInput(f"--input folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    side = info.image_size // info.scale if info.task == "super_resolution" else info.image_size
+    mode = "L" if info.channels == 1 else "RGB"
+    tensors = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                if im.mode in ("RGBA", "LA", "P"):
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(bg, im)
+                im = im.convert(mode).resize((side, side), Image.BICUBIC)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BadInput(
+                f"cannot read input image {f}: {exc}", "Remove or replace the file."
+            ) from None
+        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(
+            side, side, info.channels
+        )
+        tensors.append(t.permute(2, 0, 1))
+    batch = torch.stack(tensors).float().div(127.5).sub(1.0)
+    return batch.to(device), [f.stem for f in files]
+
+
+def grid_image(images: torch.Tensor, nrow: int):
+    """A grid of [0, 1] images as an H x W x C uint8 numpy array (what MLflow logs)."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(
+        images.detach().float().clamp(0, 1).cpu(), nrow=max(1, nrow), padding=2, pad_value=1.0
+    )
+    return grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_images(
+    images: torch.Tensor, out: Path, nrow: int | None = None, names: list[str] | None = None
+) -> list[Path]:
+    """Write a grid PNG (``out`` ends in .png/.jpg) or one PNG per image into folder ``out``."""
+    from PIL import Image
+
+    images = images.detach().float().clamp(0, 1).cpu()
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        array = grid_image(images, nrow or int(math.ceil(math.sqrt(len(images)))))
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out)
+        return [out]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        array = img.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        name = names[i] if names and i < len(names) else f"{i:05d}"
+        path = out / f"{name}.png"
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+        paths.append(path)
+    return paths
