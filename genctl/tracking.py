@@ -159,9 +159,7 @@ class Tracker:
 
     def log_image(self, image, key: str, step: int) -> None:
         """An image (H x W x C uint8 array) logged with its step, so the UI shows it over time."""
-        import mlflow
-
-        self._retry(lambda: mlflow.log_image(image, key=key, step=step, run_id=self.run_id))
+        self._retry(lambda: self._client.log_image(self.run_id, image, key=key, step=step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._retry(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An initialised, empty MLflow sqlite store: creating one runs migrations (seconds), so once."""
+    from genctl.tracking import client
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
+def workdir(tmp_path, monkeypatch, _empty_mlflow_db) -> Path:
     """Run in a fresh folder with its own MLflow store (sqlite:///mlflow.db and ./mlruns there)."""
+    shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GENCTL_CACHE", str(tmp_path / ".cache"))
