@@ -29,8 +29,14 @@ MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    """The tracking URI: the recipe's, else ``$MLFLOW_TRACKING_URI``, else the embedded default."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The tracking URI: the recipe's, else ``$MLFLOW_TRACKING_URI``, else the embedded default.
+
+    A relative sqlite path is made absolute, so it always means the folder genctl runs in.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
+    return uri
 
 
 def _mlflow(uri: str | None = None):

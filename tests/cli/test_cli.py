@@ -1,0 +1,168 @@
+"""End-to-end CLI behaviour: train, sample, runs, recipes, plugins — and bad input exits 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from genctl import checkpoint
+from genctl.cli import app
+from genctl.tracking import get_run, local_path
+from tests.helpers import TOY_RECIPE, use_toy_plugin, write_recipe
+
+
+@pytest.fixture
+def cli(workdir, monkeypatch):
+    use_toy_plugin(monkeypatch)
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+@pytest.fixture
+def trained(cli, workdir):
+    recipe = write_recipe(workdir / "toy.yaml")
+    res = cli("train", recipe, "train.steps=10", "--no-progress")
+    assert res.exit_code == 0, res.output
+    run_id = res.output.split("run ")[1].split()[0]
+    return run_id
+
+
+def _assert_bad_input(res, *fragments):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in res.output, res.output
+
+
+def test_train_dry_run_prints_the_resolved_recipe(cli, workdir):
+    res = cli("train", write_recipe(workdir / "toy.yaml"), "train.batch_size=3", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "batch_size: 3" in res.output and "decay: 0.9" in res.output
+    assert not (workdir / "mlruns").exists()  # a dry run records nothing
+
+
+def test_train_records_a_finished_run(cli, trained):
+    run = get_run(trained)
+    assert run.status == "FINISHED" and run.plugin == "toy"
+
+
+def test_resume_by_run_id_continues_the_same_run(cli, trained):
+    res = cli("train", "--resume", trained, "train.steps=15", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert trained in res.output
+    final = checkpoint.load(local_path(get_run(trained).artifact_uri) / checkpoint.FINAL)
+    assert final["step"] == 15
+
+
+def test_same_seed_gives_the_same_images(cli, trained, workdir):
+    for name, seed in (("a.png", 3), ("b.png", 3), ("c.png", 4)):
+        res = cli("sample", "--run", trained, "--seed", seed, "--n", 4, "--out", workdir / name)
+        assert res.exit_code == 0, res.output
+    a, b, c = ((workdir / n).read_bytes() for n in ("a.png", "b.png", "c.png"))
+    assert a == b and a != c
+
+
+def test_sample_newest_run_of_a_plugin_into_a_folder(cli, trained, workdir):
+    res = cli("sample", "--plugin", "toy", "--n", 3, "--out", workdir / "imgs", "scale=0.5")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (workdir / "imgs").iterdir()) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]
+
+
+def test_sample_seeds_give_one_image_per_seed(cli, trained, workdir):
+    res = cli("sample", "--run", trained, "--seeds", "0-2,7", "--out", workdir / "s")
+    assert res.exit_code == 0, res.output
+    assert len(list((workdir / "s").iterdir())) == 4
+
+
+def test_sample_from_a_checkpoint_file(cli, trained, workdir):
+    ck = local_path(get_run(trained).artifact_uri) / checkpoint.LAST
+    res = cli("sample", "--checkpoint", ck, "--out", workdir / "g.png")
+    assert res.exit_code == 0, res.output
+    assert (workdir / "g.png").stat().st_size > 0
+
+
+def test_runs_list_shows_the_run(cli, trained):
+    res = cli("runs", "list")
+    assert res.exit_code == 0 and trained in res.output and "FINISHED" in res.output
+
+
+# ---------------------------------------------------------------- bad input: exit 2, no traceback
+
+
+def test_typo_in_recipe_key(cli, workdir):
+    res = cli("train", write_recipe(workdir / "t.yaml"), "train.setps=3")
+    _assert_bad_input(res, "train.setps", "did you mean 'steps'")
+
+
+def test_unknown_plugin(cli, workdir):
+    res = cli("train", write_recipe(workdir / "t.yaml", {**TOY_RECIPE, "plugin": "tyo"}))
+    _assert_bad_input(res, "unknown plugin 'tyo'", "did you mean 'toy'")
+
+
+def test_missing_recipe_file(cli):
+    _assert_bad_input(cli("train", "nope.yaml"), "nope.yaml", "not found")
+
+
+def test_missing_data_folder(cli, workdir):
+    raw = {**TOY_RECIPE, "data": {"kind": "images", "root": "no/such/folder"}}
+    _assert_bad_input(
+        cli("train", write_recipe(workdir / "t.yaml", raw), "--no-progress"), "no/such/folder"
+    )
+    assert not (workdir / "mlruns").exists()  # nothing half-recorded
+
+
+def test_unreadable_image_names_the_file(cli, workdir):
+    folder = workdir / "imgs"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    raw = {**TOY_RECIPE, "data": {"kind": "images", "root": str(folder), "image_size": 8}}
+    _assert_bad_input(
+        cli("train", write_recipe(workdir / "t.yaml", raw), "--no-progress"), "broken.png"
+    )
+
+
+def test_unknown_sampler_option_lists_the_valid_ones(cli, trained, workdir):
+    res = cli("sample", "--run", trained, "truncaton=0.5", "--out", workdir / "x.png")
+    _assert_bad_input(res, "truncaton", "Valid options: scale")
+
+
+def test_run_id_that_does_not_exist(cli):
+    _assert_bad_input(
+        cli("sample", "--run", "0123456789abcdef", "--out", "x.png"), "no run '0123456789abcdef'"
+    )
+
+
+def test_corrupt_checkpoint(cli, workdir):
+    bad = workdir / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    _assert_bad_input(
+        cli("sample", "--checkpoint", bad), "bad.pt", "not a readable genctl checkpoint"
+    )
+
+
+def test_foreign_checkpoint(cli, workdir):
+    foreign = workdir / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    _assert_bad_input(cli("train", "--resume", foreign), "not a genctl checkpoint")
+
+
+def test_sample_with_no_finished_run(cli):
+    _assert_bad_input(cli("sample", "--plugin", "toy"), "no finished toy run")
+
+
+def test_bad_seeds(cli, trained):
+    _assert_bad_input(cli("sample", "--run", trained, "--seeds", "a-b"), "--seeds")
+
+
+def test_recipes_validate_reports_errors(cli, workdir):
+    bad = write_recipe(workdir / "bad.yaml", {**TOY_RECIPE, "train": {"steps": -1}})
+    _assert_bad_input(cli("recipes", "validate", bad), "train.steps")
