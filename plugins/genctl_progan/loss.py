@@ -1,0 +1,152 @@
+"""The ProGAN objective: WGAN-GP with a drift term, and the progressive-growing schedule.
+
+The growth stage (which resolution, how far the newest block has faded in) is a function of the
+training step and the config's ``stable_steps``/``fade_steps``; the objective keeps it as its
+state and writes it into the generator's buffers, so a checkpoint's weights and objective state
+both say which stage they were trained at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from genctl.spec import DataInfo
+from genctl_progan.config import ProGANConfig
+from genctl_progan.model import downsample, upsample
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, **kwargs) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): (||grad critic(x_hat)|| - 1)^2 on real/fake mixtures."""
+    eps = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
+    x_hat = torch.lerp(real, fake, eps).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat, **kwargs).sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+class GrowthSchedule:
+    """Step -> (phase, depth, alpha). Phase 0 is the first resolution; phase 2k-1 fades in
+    resolution k (alpha 0 -> 1), phase 2k trains it at alpha 1."""
+
+    def __init__(self, start_depth: int, max_depth: int, stable_steps: int, fade_steps: int):
+        self.start_depth, self.max_depth = start_depth, max_depth
+        self.stable_steps, self.fade_steps = stable_steps, fade_steps
+
+    def at(self, step: int) -> tuple[int, int, float]:
+        s = max(step, 0)
+        if s < self.stable_steps or self.start_depth == self.max_depth:
+            return 0, self.start_depth, 1.0
+        s -= self.stable_steps
+        growths = self.max_depth - self.start_depth
+        for k in range(1, growths + 1):
+            if s < self.fade_steps:
+                return 2 * k - 1, self.start_depth + k, s / self.fade_steps
+            s -= self.fade_steps
+            if s < self.stable_steps or k == growths:
+                return 2 * k, self.start_depth + k, 1.0
+            s -= self.stable_steps
+        raise AssertionError("unreachable")
+
+    def total_steps(self) -> int:
+        """Steps until the final resolution is fully faded in and has had its stable phase."""
+        growths = self.max_depth - self.start_depth
+        return self.stable_steps + growths * (self.fade_steps + self.stable_steps)
+
+
+class ProGANObjective:
+    def __init__(self, config: ProGANConfig, nets: dict[str, nn.Module], data: DataInfo):
+        self.config = config
+        self.generator, self.critic = nets["generator"], nets["critic"]
+        self.groups = {"d": ["critic"], "g": ["generator"]}
+        start_depth = config.start_resolution.bit_length() - 3  # 4 -> 0, 8 -> 1, ...
+        self.growth = GrowthSchedule(
+            min(start_depth, self.generator.max_depth),
+            self.generator.max_depth,
+            config.stable_steps,
+            config.fade_steps,
+        )
+        self.phase, self.depth, self.alpha = self.growth.at(0)
+        self.generator.set_stage(self.depth, self.alpha)
+
+    # ------------------------------------------------------------ the growth stage
+
+    def set_step(self, step: int) -> None:
+        """Move to the growth stage of ``step`` (and record it in the generator)."""
+        phase, depth, alpha = self.growth.at(step)
+        if (phase, depth, alpha) != (self.phase, self.depth, self.alpha):
+            self.phase, self.depth, self.alpha = phase, depth, alpha
+            self.generator.set_stage(depth, alpha)
+
+    @property
+    def resolution(self) -> int:
+        return 4 * 2**self.depth
+
+    def real_at_stage(self, image: torch.Tensor) -> torch.Tensor:
+        """Real images at the current resolution; while fading in, blended with the previous
+        resolution's (upsampled) version in the same proportion as the generator's output."""
+        factor = image.shape[-1] // self.resolution
+        x = downsample(image, factor) if factor > 1 else image
+        if self.alpha < 1.0:
+            x = torch.lerp(upsample(downsample(x)), x, self.alpha)
+        return x
+
+    # ------------------------------------------------------------ the objective protocol
+
+    def schedule(self, step: int) -> list[str]:
+        self.set_step(step)
+        return ["d"] * self.config.n_critic + ["g"]
+
+    def _fake(self, n: int, device: torch.device) -> torch.Tensor:
+        z = torch.randn(n, self.generator.latent_dim, device=device)
+        return self.generator(z, self.depth, self.alpha)
+
+    def loss(
+        self, group: str, batch: dict[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        real = self.real_at_stage(batch["image"])
+        stage = {"depth": self.depth, "alpha": self.alpha}
+        logs = {
+            "alpha": torch.full((), self.alpha, device=real.device),
+            "resolution": torch.full((), float(self.resolution), device=real.device),
+        }
+        if group == "d":
+            with torch.no_grad():
+                fake = self._fake(len(real), real.device)
+            d_real = self.critic(real, **stage)
+            d_fake = self.critic(fake, **stage)
+            gp = gradient_penalty(self.critic, real, fake, **stage)
+            drift = d_real.float().pow(2).mean()
+            loss = (
+                d_fake.mean()
+                - d_real.mean()
+                + self.config.gp_weight * gp
+                + self.config.drift_weight * drift
+            )
+            logs |= {
+                "d_real": d_real.mean().detach(),
+                "d_fake": d_fake.mean().detach(),
+                "wasserstein": (d_real.mean() - d_fake.mean()).detach(),
+                "gp": gp.detach(),
+            }
+            return loss, logs
+        d_fake = self.critic(self._fake(len(real), real.device), **stage)
+        return -d_fake.mean(), logs | {"d_fake": d_fake.mean().detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "depth": self.depth, "alpha": self.alpha}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase, self.depth, self.alpha = (
+            int(state["phase"]),
+            int(state["depth"]),
+            float(state["alpha"]),
+        )
+        self.generator.set_stage(self.depth, self.alpha)
+
+
+def build_objective(
+    config: ProGANConfig, nets: dict[str, nn.Module], data: DataInfo
+) -> ProGANObjective:
+    return ProGANObjective(config, nets, data)

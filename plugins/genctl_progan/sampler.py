@@ -1,0 +1,46 @@
+"""Drawing images from a ProGAN generator at the growth stage it was last trained at."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genctl.spec import DataInfo, Schema
+
+
+class ProGANSamplerOptions(Schema):
+    # Early in training the generator works below data.image_size; True upsamples its output
+    # (nearest neighbour, so the pixels stay visible) to data.image_size, False returns it as is.
+    upsample: bool = True
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Generator output (about [-1, 1]) -> images in [0, 1]."""
+    return ((x.float().clamp(-1, 1) + 1) / 2).cpu()
+
+
+class ProGANSampler:
+    def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
+        self.generator = nets["generator"]
+        self.image_size = data.image_size
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        options: ProGANSamplerOptions,
+        generator: torch.Generator,
+        inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        device = next(self.generator.parameters()).device
+        depth, alpha = self.generator.stage()
+        z = torch.randn(n, self.generator.latent_dim, generator=generator).to(device)
+        x = to_unit(self.generator(z, depth, alpha))
+        if options.upsample and x.shape[-1] < self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="nearest")
+        return x
+
+
+def build_sampler(config, nets: dict[str, nn.Module], data: DataInfo) -> ProGANSampler:
+    return ProGANSampler(config, nets, data)

@@ -1,0 +1,94 @@
+"""The StyleGAN objective: non-saturating logistic loss, R1 penalty, style-mixing regularization.
+
+* Discriminator: softplus(D(fake)) + softplus(-D(real)) + gamma/2 * E||grad_x D(real)||^2 (R1,
+  Mescheder et al. 2018). With ``r1_every`` N > 1 the penalty is computed every N-th step only
+  and multiplied by N (lazy regularization, StyleGAN2), which costs far less.
+* Generator: softplus(-D(fake)).
+* Style mixing (StyleGAN sec. 3.1): for a share ``style_mixing_prob`` of the generated images two
+  latents are drawn and the styles switch from the first to the second at a random layer, so
+  that the network cannot assume neighbouring styles are correlated.
+* After each generator step the running mean of w (``generator.w_avg``) moves towards the
+  batch mean; the truncation trick pulls towards it when sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genctl.spec import DataInfo
+from genctl_stylegan.config import StyleGANConfig
+from genctl_stylegan.model import mix_styles
+
+
+def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's scores on ``real`` and the R1 penalty E||grad_x D(x)||^2 at those images."""
+    real = real.detach().requires_grad_(True)
+    scores = discriminator(real)
+    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return scores, grad.float().pow(2).flatten(1).sum(dim=1).mean()
+
+
+class StyleGANObjective:
+    def __init__(self, config: StyleGANConfig, nets: dict[str, nn.Module], data: DataInfo):
+        self.config = config
+        self.generator, self.discriminator = nets["generator"], nets["discriminator"]
+        self.groups = {"d": ["discriminator"], "g": ["generator"]}
+
+    def schedule(self, step: int) -> list[str]:
+        return ["d", "g"]
+
+    def generate(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fakes for training, with style mixing; also the first latents' w (for w_avg)."""
+        g, num_ws = self.generator, self.generator.num_ws
+        w1 = g.mapping(torch.randn(n, g.z_dim, device=device))
+        if self.config.style_mixing_prob > 0 and num_ws > 1:
+            w2 = g.mapping(torch.randn(n, g.z_dim, device=device))
+            crossover = torch.where(
+                torch.rand(n, device=device) < self.config.style_mixing_prob,
+                torch.randint(1, num_ws, (n,), device=device),
+                torch.full((n,), num_ws, device=device),
+            )
+            ws = mix_styles(w1, w2, crossover, num_ws)
+        else:
+            ws = g.broadcast(w1)
+        return g.synthesis(ws), w1
+
+    def loss(
+        self, group: str, batch: dict[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        real = batch["image"]
+        if group == "d":
+            with torch.no_grad():
+                fake, _ = self.generate(len(real), real.device)
+            d_fake = self.discriminator(fake)
+            gamma, every = self.config.r1_gamma, self.config.r1_every
+            logs: dict[str, torch.Tensor] = {}
+            if gamma > 0 and step % every == 0:
+                d_real, r1 = r1_penalty(self.discriminator, real)
+                penalty = gamma / 2 * r1 * every
+                logs["r1"] = r1.detach()
+            else:
+                d_real, penalty = self.discriminator(real), 0.0
+            loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean() + penalty
+            logs |= {"d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
+            return loss, logs
+        fake, w = self.generate(len(real), real.device)
+        d_fake = self.discriminator(fake)
+        self.generator.update_w_avg(w, self.config.w_avg_beta)
+        return F.softplus(-d_fake).mean(), {"d_fake": d_fake.mean().detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # w_avg lives in the generator's buffers, saved with its weights
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def build_objective(
+    config: StyleGANConfig, nets: dict[str, nn.Module], data: DataInfo
+) -> StyleGANObjective:
+    return StyleGANObjective(config, nets, data)
