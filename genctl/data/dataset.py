@@ -28,10 +28,10 @@ from genctl.spec import DataInfo
 from . import cache, shapes, standard
 from .config import DataConfig
 from .decode import Decoder, decode_all, resize_tensor, to_channels
-from .sources import ImageList, Source, _basename, list_images, split_root
+from .sources import ImageList, Source, basename, list_images, split_root
 
 
-@dataclass
+@dataclass(eq=False)
 class Dataset:
     """Decoded images as uint8 N x C x H x W tensors, one per image key, and their labels."""
 
@@ -128,19 +128,31 @@ def _shapes(cfg: DataConfig) -> Dataset:
     return _labelled(cfg, payload, fp)
 
 
-def _folder_payload(cfg: DataConfig, source: Source, *, labels: bool) -> tuple[dict, str]:
-    il = list_images(source, split_root(source, cfg.split), labels=labels, limit=cfg.limit)
+def _folder_payload(cfg: DataConfig, root: Path, *, labels: bool) -> tuple[dict, str]:
+    """Decoded images (and class labels) of a folder or zip, from the cache when unchanged."""
 
-    def make() -> dict:
+    def listed(source: Source) -> ImageList:
+        return list_images(source, split_root(source, cfg.split), labels=labels, limit=cfg.limit)
+
+    def make(il: ImageList) -> dict:
         (images,) = _decode_list(cfg, il)
         lab = torch.tensor(il.labels, dtype=torch.int64) if il.labels is not None else None
         return {"tensors": {"image": images}, "labels": lab, "class_names": list(il.class_names)}
 
-    return _cached(cfg, source.stamp(il.files), _settings(cfg, "resize", "background"), make)
+    settings = _settings(cfg, "resize", "background")
+    if root.is_file():  # a zip: its size and mtime stand for its contents, no listing needed
+        return _cached(cfg, _file_stamp([root]), settings, lambda: make(listed(Source(root))))
+    il = listed(Source(root))
+    return _cached(cfg, il.source.stamp(il.files), settings, lambda: make(il))
+
+
+def _file_stamp(paths: list[Path]) -> list:
+    stats = [(p, p.stat()) for p in paths]
+    return [[p.name, st.st_size, st.st_mtime_ns] for p, st in stats]
 
 
 def _images(cfg: DataConfig) -> Dataset:
-    payload, fp = _folder_payload(cfg, Source(_root(cfg)), labels=cfg.labels)
+    payload, fp = _folder_payload(cfg, _root(cfg), labels=cfg.labels)
     return _labelled(cfg, payload, fp)
 
 
@@ -154,8 +166,7 @@ def _from_arrays(cfg: DataConfig, load: Callable, files: list[Path], names) -> D
         images = to_channels(resize_tensor(images, cfg.image_size), cfg.channels)
         return {"tensors": {"image": images}, "labels": labels, "class_names": list(names)}
 
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    payload, fp = _cached(cfg, stamp, _settings(cfg), make)
+    payload, fp = _cached(cfg, _file_stamp(files), _settings(cfg), make)
     return _labelled(cfg, payload, fp)
 
 
@@ -180,7 +191,7 @@ def _cifar10(cfg: DataConfig) -> Dataset:
         files = sorted(p for p in batches.iterdir() if p.is_file())
         load = lambda: standard.load_cifar_batches(batches, cfg.split)  # noqa: E731
         return _from_arrays(cfg, load, files, standard.CIFAR10_CLASSES)
-    payload, fp = _folder_payload(cfg, Source(archive), labels=cfg.labels)
+    payload, fp = _folder_payload(cfg, archive, labels=cfg.labels)
     return _labelled(cfg, payload, fp)
 
 
@@ -191,7 +202,7 @@ def _descend(source: Source, prefix: str, stop: set[str]) -> str:
     """Skip wrapper folders (one sub-folder, no images) until one named in ``stop`` shows."""
     while True:
         dirs, files = source.children(prefix)
-        if files or len(dirs) != 1 or _basename(dirs[0]) in stop:
+        if files or len(dirs) != 1 or basename(dirs[0]) in stop:
             return prefix
         prefix = dirs[0]
 
@@ -203,7 +214,7 @@ def _join(prefix: str, name: str) -> str:
 def _paired_layout(cfg: DataConfig, source: Source) -> tuple[str, str | None]:
     """(folder of AB images, None) or (folder holding A/ and B/, "ab-folders")."""
     top = _descend(source, "", {cfg.split, "A", "B"})
-    dirs = {_basename(d) for d in source.children(top)[0]}
+    dirs = {basename(d) for d in source.children(top)[0]}
     if cfg.split in dirs:
         base = _join(top, cfg.split)
     elif cfg.split == "train" and {"A", "B"} <= dirs:
@@ -214,7 +225,7 @@ def _paired_layout(cfg: DataConfig, source: Source) -> tuple[str, str | None]:
             f"Expected {cfg.split}/ holding side-by-side AB images (each twice as wide as high), "
             f"or {cfg.split}/A/ and {cfg.split}/B/ (or A/ and B/) with matching file names.",
         )
-    sub = {_basename(d) for d in source.children(base)[0]}
+    sub = {basename(d) for d in source.children(base)[0]}
     return base, ("ab-folders" if {"A", "B"} <= sub else None)
 
 
@@ -276,7 +287,7 @@ def _paired(cfg: DataConfig) -> Dataset:
             return {"tensors": {"a": a, "b": b}}
 
     payload, fp = _cached(cfg, [layout, stamp], _settings(cfg, "resize", "background"), make)
-    t = payload["tensors"]
+    t, fp = payload["tensors"], cache.fingerprint(fp, cfg.direction)  # keys depend on direction
     info = DataInfo("paired", cfg.channels, cfg.image_size, size=len(t["a"]))
     return Dataset(_two_keys(cfg, t["a"], t["b"], ("input", "target")), None, info, fp)
 
@@ -285,7 +296,7 @@ def _unpaired(cfg: DataConfig) -> Dataset:
     source = Source(_root(cfg))
     want = {f"{cfg.split}A", f"{cfg.split}B"}
     top = _descend(source, "", want)
-    dirs = {_basename(d) for d in source.children(top)[0]}
+    dirs = {basename(d) for d in source.children(top)[0]}
     if not want <= dirs:
         raise BadInput(
             f"data.root: {source.where(top)} has no {' and '.join(sorted(want - dirs))} folder "
@@ -305,7 +316,7 @@ def _unpaired(cfg: DataConfig) -> Dataset:
 
     stamp = [source.stamp(il.files) for il in lists]
     payload, fp = _cached(cfg, stamp, _settings(cfg, "resize", "background"), make)
-    t = payload["tensors"]
+    t, fp = payload["tensors"], cache.fingerprint(fp, cfg.direction)
     info = DataInfo("unpaired", cfg.channels, cfg.image_size, size=max(len(t["a"]), len(t["b"])))
     return Dataset(_two_keys(cfg, t["a"], t["b"], ("a", "b")), None, info, fp)
 
@@ -316,7 +327,7 @@ def _super_resolution(cfg: DataConfig) -> Dataset:
             f"data.image_size={cfg.image_size} is not divisible by data.scale={cfg.scale}",
             "The low-resolution side is image_size / scale: pick a multiple of the scale.",
         )
-    payload, fp = _folder_payload(cfg, Source(_root(cfg)), labels=False)
+    payload, fp = _folder_payload(cfg, _root(cfg), labels=False)
     hr = payload["tensors"]["image"]
     info = DataInfo("super_resolution", cfg.channels, cfg.image_size, size=len(hr), scale=cfg.scale)
     return Dataset({"hr": hr}, None, info, fp)

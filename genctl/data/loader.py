@@ -63,11 +63,10 @@ def _assemble(
     """The batch dict for the dataset's task from gathered uint8 images on the device."""
     batch = {}
     for key, x in images.items():
-        x = to_unit(x)
         f = flips.get(key)
-        if f is not None:
+        if f is not None:  # on uint8: a quarter of the memory traffic of float
             x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)
-        batch[key] = x
+        batch[key] = to_unit(x)
     info = dataset.info
     if info.task == "super_resolution":
         side = info.image_size // info.scale

@@ -134,7 +134,8 @@ class ImageList:
     class_names: tuple[str, ...]
 
 
-def _basename(prefix: str) -> str:
+def basename(prefix: str) -> str:
+    """The last component of a folder prefix."""
     return prefix.rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -148,7 +149,7 @@ def split_root(source: Source, split: str, *, what: str = "data.root") -> str:
     prefix = ""
     while True:
         dirs, files = source.children(prefix)
-        names = {_basename(d): d for d in dirs}
+        names = {basename(d): d for d in dirs}
         if not files and any(s in names for s in SPLIT_NAMES):
             if split not in names:
                 raise BadInput(
@@ -199,7 +200,7 @@ def list_images(
                     labs.append(k)
         if limit is not None:
             files, labs = files[:limit], labs[:limit]
-        return ImageList(source, files, labs, tuple(_basename(d) for d in dirs))
+        return ImageList(source, files, labs, tuple(basename(d) for d in dirs))
     files = source.under(prefix)
     if not files:
         raise BadInput(

@@ -196,6 +196,7 @@ def test_paired_side_by_side_images_split_into_input_and_target(shared_data):
     assert a2b.info.task == "paired" and set(a2b.tensors) == {"input", "target"}
     assert a2b.tensors["input"].shape == (3, 3, 16, 16)
     assert torch.equal(a2b.tensors["input"], b2a.tensors["target"])
+    assert a2b.fingerprint != b2a.fingerprint  # real-data statistics differ by direction
     assert not torch.equal(a2b.tensors["input"], a2b.tensors["target"])
     # facades: the photo on the left, the label map (mostly saturated blue) on the right
     assert a2b.tensors["target"][:, 2].float().mean() > a2b.tensors["input"][:, 2].float().mean()
@@ -271,6 +272,15 @@ def test_cache_is_keyed_by_files_and_settings(tmp_path, data_cache):
     assert len({first.fingerprint, other_size.fingerprint, changed.fingerprint}) == 3
     assert not torch.equal(first.tensors["image"], changed.tensors["image"])
     assert len(list(data_cache.glob("*.pt"))) == 3
+
+
+def test_a_rewritten_zip_is_decoded_again(tmp_path):
+    write_image(tmp_path / "v1" / "a.png", noise_image(0))
+    write_image(tmp_path / "v2" / "a.png", noise_image(1))
+    archive = tmp_path / "set.zip"
+    first = load(kind="images", root=str(zip_folder(tmp_path / "v1", archive)), image_size=8)
+    second = load(kind="images", root=str(zip_folder(tmp_path / "v2", archive)), image_size=8)
+    assert not torch.equal(first.tensors["image"], second.tensors["image"])
 
 
 def test_cache_false_writes_nothing(data_cache):

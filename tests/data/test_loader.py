@@ -156,3 +156,16 @@ def test_preview_batch_is_the_first_items_in_order():
     batch = preview_batch(numbered(10), 4, "cpu")
     assert items(batch) == [0, 1, 2, 3] and batch["label"].tolist() == [0, 1, 2, 0]
     assert items(preview_batch(numbered(3), 8, "cpu")) == [0, 1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_stay_on_the_device_without_host_sync():
+    loader = Loader(numbered(40), 8, seed=0, device="cuda", flip=True)
+    loader.next()  # the first epoch's order is staged here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call now raises
+    try:
+        batches = [loader.next() for _ in range(10)]  # crosses an epoch boundary
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(b["image"].is_cuda and b["label"].is_cuda for b in batches)
