@@ -1,0 +1,244 @@
+"""The contract test kit: a plugin that keeps the contract passes, each way of breaking it fails.
+
+Every broken plugin here is the toy family (tests/toy.py) with one part swapped for a faulty one,
+and each test expects the kit to name that fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from genctl import testing
+from genctl.data import DataConfig, Loader, load_dataset
+from genctl.spec import BATCH_KEYS, Schema
+from genctl.testing import ContractError
+from tests import toy
+
+
+def contract(spec=toy.SPEC, recipe=None, overrides=()) -> testing.Contract:
+    return testing.make_contract("toy", recipe, overrides, plugin=spec)
+
+
+def fails(check: str, spec, match: str) -> None:
+    with pytest.raises(ContractError, match=match):
+        testing.CHECKS[check](contract(spec))
+
+
+# ---------------------------------------------------------------- a plugin that keeps the contract
+
+
+def test_toy_plugin_passes_every_check():
+    c = testing.check_plugin("toy", plugin=toy)
+    assert c.spec.name == "toy"
+
+
+def test_kit_shrinks_the_recipe_then_applies_the_plugins_overrides():
+    recipe = {
+        "name": "big",
+        "plugin": "toy",
+        "model": {"latent": 64},
+        "data": {"kind": "images", "root": "/nowhere", "image_size": 256, "channels": 1},
+        "train": {"batch_size": 128},
+    }
+    c = contract(recipe=recipe, overrides=["model.latent=3", "data.image_size=8"])
+    assert (c.config.latent, c.recipe.train.batch_size) == (3, 4)
+    assert (c.info.image_size, c.info.channels) == (8, 1)  # the recipe's channels are kept
+    assert c.recipe.data.kind == "shapes"  # synthetic: /nowhere is never read
+
+
+def test_recipe_for_another_plugin_is_refused():
+    with pytest.raises(ContractError, match="recipe is for plugin 'dcgan'"):
+        contract(recipe={"name": "x", "plugin": "dcgan", "data": {"kind": "shapes"}})
+
+
+def test_unknown_model_names_the_registered_ones():
+    with pytest.raises(ContractError, match=r"no plugin registers a model called 'nope'.*toy"):
+        testing.make_contract("nope", plugin=toy)
+
+
+@pytest.mark.parametrize("task", ["paired", "unpaired", "super_resolution"])
+def test_synthetic_data_has_the_tasks_layout(tmp_path, task):
+    section = testing.synthetic_data_section(task, {"image_size": 8, "channels": 3}, tmp_path)
+    dataset = load_dataset(DataConfig.model_validate(section))
+    batch = Loader(dataset, 2, seed=0, device="cpu").next()
+    assert dataset.info.task == task
+    assert sorted(batch) == sorted(BATCH_KEYS[task])
+    assert all(x.min() >= -1 and x.max() <= 1 for x in batch.values())
+
+
+# ---------------------------------------------------------------- schemas
+
+
+class LaxOptions(BaseModel):  # plain pydantic ignores unknown keys
+    scale: float = 1.0
+
+
+class RequiredOption(Schema):
+    scale: float
+
+
+def test_options_schema_that_ignores_unknown_keys_fails():
+    fails("schemas", replace(toy.SPEC, sampler_options=LaxOptions), "accept unknown keys")
+
+
+def test_sampler_option_without_default_fails():
+    fails("schemas", replace(toy.SPEC, sampler_options=RequiredOption), "needs a default")
+
+
+def test_model_config_that_ignores_unknown_keys_fails():
+    class LaxConfig(BaseModel):
+        latent: int = 8
+        d_steps: int = 1
+
+    fails("schemas", replace(toy.SPEC, config=LaxConfig), "model config accepts unknown keys")
+
+
+# ---------------------------------------------------------------- training step
+
+
+class WithSpare(nn.Module):
+    """A network with a layer its forward never uses."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.spare = net, nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def build_with_spare(config, info):
+    nets = toy.build(config, info)
+    nets["discriminator"] = WithSpare(nets["discriminator"])
+    return nets
+
+
+def test_parameter_without_gradient_is_named():
+    spec = replace(toy.SPEC, build=build_with_spare)
+    fails("training_step", spec, r"no gradient to 2 .*discriminator\.spare\.weight")
+
+
+class NaNObjective(toy.ToyObjective):
+    def loss(self, group, batch, step):
+        loss, logs = super().loss(group, batch, step)
+        return loss * float("nan"), logs
+
+
+def test_non_finite_loss_fails():
+    fails("training_step", replace(toy.SPEC, objective=NaNObjective), "loss of group 'd' is nan")
+
+
+class ItemObjective(toy.ToyObjective):
+    def loss(self, group, batch, step):
+        loss, logs = super().loss(group, batch, step)
+        return loss, {k: v.item() for k, v in logs.items()}
+
+
+def test_logged_python_float_fails():
+    spec = replace(toy.SPEC, objective=ItemObjective)
+    fails("training_step", spec, "'d_real' .* must be a detached scalar tensor")
+
+
+class UnknownNetObjective(toy.ToyObjective):
+    groups = {"d": ["critic"], "g": ["generator"]}
+
+
+def test_group_naming_a_network_that_is_not_built_fails():
+    spec = replace(toy.SPEC, objective=UnknownNetObjective)
+    fails("training_step", spec, r"group 'd' names \['critic'\]")
+
+
+# ---------------------------------------------------------------- checkpoint
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+
+class PickledStateObjective(toy.ToyObjective):
+    def state_dict(self):
+        return {"counter": Counter()}
+
+
+def test_objective_state_that_needs_pickle_fails():
+    spec = replace(toy.SPEC, objective=PickledStateObjective)
+    fails("checkpoint", spec, r"weights_only=True")
+
+
+class ForgetfulObjective(toy.ToyObjective):
+    def load_state_dict(self, state):
+        pass
+
+
+def test_objective_state_not_restored_fails():
+    spec = replace(toy.SPEC, objective=ForgetfulObjective)
+    fails("checkpoint", spec, r"objective state\['updates'\] differs")
+
+
+class UnregisteredShift(nn.Module):
+    """Forgot ``register_buffer``: the shift is not in the state_dict, so it is not saved."""
+
+    def __init__(self, net: nn.Module, numel: int):
+        super().__init__()
+        self.net, self.shift = net, torch.randn(numel) * 0.1
+
+    def forward(self, z):
+        return (self.net(z) + self.shift).clamp(-1, 1)
+
+
+def build_unregistered(config, info):
+    nets = toy.build(config, info)
+    nets["generator"] = UnregisteredShift(nets["generator"], info.channels * info.image_size**2)
+    return nets
+
+
+def test_state_outside_the_state_dict_fails():
+    spec = replace(toy.SPEC, build=build_unregistered)
+    fails("checkpoint", spec, "rebuilt from their saved weights sample other images")
+
+
+# ---------------------------------------------------------------- sampler
+
+
+class GlobalRNGSampler(toy.ToySampler):
+    @torch.no_grad()
+    def sample(self, n, options, generator, inputs=None):
+        return super().sample(n, options, torch.Generator().manual_seed(torch.seed()))
+
+
+def test_sampler_using_the_global_random_state_fails():
+    fails("sampler", replace(toy.SPEC, sampler=GlobalRNGSampler), "same seed gave other images")
+
+
+class ConstantSampler(toy.ToySampler):
+    @torch.no_grad()
+    def sample(self, n, options, generator, inputs=None):
+        return super().sample(n, options, torch.Generator().manual_seed(0))
+
+
+def test_sampler_ignoring_the_seed_fails():
+    fails("sampler", replace(toy.SPEC, sampler=ConstantSampler), "same images for seeds 0 and 1")
+
+
+class SignedSampler(toy.ToySampler):
+    def sample(self, n, options, generator, inputs=None):
+        return super().sample(n, options, generator) * 2 - 1  # forgot to map [-1, 1] to [0, 1]
+
+
+def test_sampler_outside_zero_one_fails():
+    fails("sampler", replace(toy.SPEC, sampler=SignedSampler), r"must be in \[0, 1\]")
+
+
+class CroppedSampler(toy.ToySampler):
+    def sample(self, n, options, generator, inputs=None):
+        return super().sample(n, options, generator)[..., :8, :8]
+
+
+def test_sampler_of_the_wrong_size_fails():
+    fails("sampler", replace(toy.SPEC, sampler=CroppedSampler), r"shape \(3, 3, 8, 8\)")
