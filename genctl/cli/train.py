@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -53,6 +54,8 @@ def train_command(
         typer.echo(r.to_yaml(), nl=False)
         return
     result = train(r, resume=resume, progress=progress)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 speaks for the run
     if result.interrupted:
         typer.echo(
             f"interrupted at step {result.step}; checkpoint saved. Resume with: genctl train --resume {result.run_id}",
