@@ -199,9 +199,28 @@ class Tracker:
     # ------------------------------------------------------------ end
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Flush metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        """Flush metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``.
+
+        Metrics the store never took (it stayed away) are saved to a JSON file beside the
+        working folder rather than dropped, and the path is printed.
+        """
         self._stop.set()
         self._thread.join(timeout=120)
+        unwritten = getattr(self, "_unwritten", [])
+        if unwritten:
+            import json
+            import sys
+
+            path = Path(f"genctl-unlogged-metrics-{self.run_id}.json").resolve()
+            path.write_text(
+                json.dumps(
+                    [{"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in unwritten]
+                )
+            )
+            print(
+                f"warning: the tracking store did not take {len(unwritten)} metric values; saved to {path}",
+                file=sys.stderr,
+            )
         self._retry(lambda: self._client.set_terminated(self.run_id, status=status))
 
     def _retry(self, fn, tries: int = 5) -> None:
