@@ -21,7 +21,7 @@ from genctl_progan.model import downsample, upsample
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, **kwargs) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): (||grad critic(x_hat)|| - 1)^2 on real/fake mixtures."""
     eps = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
-    x_hat = torch.lerp(real, fake, eps).requires_grad_(True)
+    x_hat = torch.lerp(real, fake.to(real.dtype), eps).requires_grad_(True)  # fake may be bf16
     (grad,) = torch.autograd.grad(critic(x_hat, **kwargs).sum(), x_hat, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 

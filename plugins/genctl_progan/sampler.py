@@ -22,7 +22,9 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 class ProGANSampler:
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
-        self.generator = nets["generator"]
+        self.generator = nets.get(
+            "generator_ema", nets["generator"]
+        )  # the EMA when trained with one
         self.image_size = data.image_size
 
     @torch.no_grad()

@@ -162,6 +162,17 @@ def test_critic_loss_is_finite_and_trains_only_the_blocks_in_use():
     assert critic.from_rgb["16"].weight.grad is None and critic.blocks[1].conv1.weight.grad is None
 
 
+def test_losses_compute_under_bf16_autocast_the_gpu_default():
+    _, _, objective = tiny()
+    objective.schedule(3)  # mid fade-in: both resolutions' paths run
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+    for group in ("d", "g"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = objective.loss(group, batch, 3)
+        loss.backward()
+        assert torch.isfinite(loss), group
+
+
 def test_gradient_penalty_is_zero_for_a_critic_with_unit_gradient_norm():
     direction = torch.randn(3, 4, 4)
     direction /= direction.norm()
@@ -187,6 +198,21 @@ def test_sampler_is_deterministic_in_unit_range_and_upsampled_to_the_data_size()
     assert a.min() >= 0 and a.max() <= 1
     raw = sampler.sample(3, ProGANSamplerOptions(upsample=False), torch.Generator().manual_seed(7))
     assert raw.shape == (3, 3, 4, 4)
+
+
+def test_sampler_draws_from_the_ema_generator_when_there_is_one():
+    _, nets, _ = tiny()
+    _, ema, _ = tiny(latent_dim=8)
+    with torch.no_grad():
+        for p in ema["generator"].parameters():
+            p.add_(0.5)
+    with_ema = ProGANSampler(None, {**nets, "generator_ema": ema["generator"]}, DATA)
+    only_ema = ProGANSampler(None, {"generator": ema["generator"]}, DATA)
+    a, b = (
+        s.sample(2, ProGANSamplerOptions(), torch.Generator().manual_seed(0))
+        for s in (with_ema, only_ema)
+    )
+    assert torch.equal(a, b)
 
 
 def test_unknown_sampler_option_is_bad_input_listing_the_valid_ones():

@@ -158,6 +158,17 @@ def test_lazy_r1_runs_every_nth_step_only():
     assert "r1" not in objective.loss("d", batch, step=9)[1]
 
 
+def test_losses_compute_under_bf16_autocast_the_gpu_default():
+    config, nets = tiny()
+    objective = StyleGANObjective(config, nets, DATA)
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+    for group in ("d", "g"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = objective.loss(group, batch, 0)
+        loss.backward()
+        assert torch.isfinite(loss), group
+
+
 def test_generator_step_moves_w_avg_towards_the_batch_mean_of_w():
     config, nets = tiny(w_avg_beta=0.5)
     g = nets["generator"]
