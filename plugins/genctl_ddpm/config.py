@@ -1,0 +1,47 @@
+"""The schema of a DDPM recipe's ``model:`` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from genctl.spec import Schema
+
+
+class DDPMConfig(Schema):
+    # --- the UNet
+    base_channels: int = Field(64, gt=0)  # width of the first level
+    channel_mults: list[int] = Field([1, 2, 2, 2], min_length=1)  # width per level, x base
+    num_res_blocks: int = Field(2, gt=0)  # residual blocks per level (depth)
+    attention_resolutions: list[int] = [16]  # feature-map sides (pixels) with self-attention
+    attention_heads: int = Field(1, gt=0)
+    norm_groups: int = Field(32, gt=0)  # GroupNorm groups; must divide every level's width
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # --- the diffusion process
+    timesteps: int = Field(1000, gt=1)  # T
+    beta_schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = Field(1.0e-4, gt=0, lt=1)  # linear schedule only
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    prediction: Literal["epsilon", "v"] = "epsilon"  # what the UNet predicts
+    clip_sample: bool = True  # clamp the x_0 estimate to [-1, 1] at each sampling step
+    # --- class conditioning (classifier-free guidance)
+    conditional: bool = False  # condition on the data's class labels
+    class_dropout: float = Field(0.1, ge=0, le=1)  # fraction of labels replaced by "no class"
+
+    @model_validator(mode="after")
+    def _check(self) -> DDPMConfig:
+        widths = sorted({self.base_channels * m for m in self.channel_mults})
+        bad = [w for w in widths if w % self.norm_groups]
+        if bad:
+            raise ValueError(
+                f"norm_groups={self.norm_groups} does not divide the level widths {bad} "
+                f"(base_channels x channel_mults); pick a divisor of {self.base_channels}"
+            )
+        if any(m <= 0 for m in self.channel_mults):
+            raise ValueError(f"channel_mults must be positive, got {self.channel_mults}")
+        if self.beta_schedule == "linear" and self.beta_start >= self.beta_end:
+            raise ValueError(
+                f"beta_start ({self.beta_start}) must be below beta_end ({self.beta_end})"
+            )
+        return self

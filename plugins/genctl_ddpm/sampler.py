@@ -1,0 +1,190 @@
+"""Sampling: DDPM or DDIM steps from noise (or from noised input images, img2img), with
+classifier-free guidance and guidance by a loss. The loop is :meth:`DiffusionSampler.sample`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from genctl.errors import BadInput
+from genctl.spec import DataInfo, Schema
+from genctl_ddpm.config import DDPMConfig
+from genctl_ddpm.guidance import GuideFn, guidance_registry
+from genctl_ddpm.scheduler import DDIMScheduler, make_schedule, make_scheduler
+
+
+class DDPMSampleOptions(Schema):
+    """``genctl sample --plugin ddpm key=value ...``"""
+
+    model_config = Schema.model_config | {"populate_by_name": True}
+
+    method: Literal["ddpm", "ddim"] = "ddim"
+    steps: int | None = Field(None, gt=0)  # default: 50 for ddim, all T for ddpm
+    eta: float = Field(0.0, ge=0)  # ddim: 0 deterministic, 1 as noisy as ddpm
+    # class-conditional models: the class to draw; none: the unconditional model
+    class_: int | None = Field(None, alias="class", ge=0)
+    # classifier-free guidance scale: 0 unconditional, 1 plain conditional, > 1 stronger
+    guidance: float = 1.0
+    guide: str | None = None  # guidance function: color, classifier, or one a plugin registers
+    guide_scale: float | None = Field(None, ge=0)  # default: the guide's own
+    # guide=color: the target [r, g, b] in [0, 1] ([v] for a grey model)
+    color: list[float] | None = Field(None, min_length=1, max_length=3)
+    classifier: str | None = None  # guide=classifier: checkpoint path
+    target_class: int | None = Field(None, ge=0)  # guide=classifier: class to steer toward
+    strength: float = Field(0.6, ge=0, le=1)  # img2img (--input): how far to noise the inputs
+
+
+class DiffusionSampler:
+    def __init__(self, config: DDPMConfig, nets: dict[str, nn.Module], info: DataInfo) -> None:
+        self.config = config
+        self.unet = nets.get("unet_ema", nets["unet"])  # the trainer's EMA weights when kept
+        self.info = info
+        self.schedule = make_schedule(config)
+        self.num_classes = info.num_classes if config.conditional else 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def sample(
+        self,
+        n: int,
+        options: DDPMSampleOptions,
+        generator: torch.Generator,
+        inputs: Tensor | None = None,
+        label: Tensor | None = None,
+    ) -> Tensor:
+        """``n`` images in [0, 1]; ``label`` (one class per image) overrides ``class``."""
+        opts = options
+        self.check(opts, inputs)
+        if inputs is not None:
+            n = inputs.shape[0]
+        scheduler = make_scheduler(opts.method, self.schedule)
+        scheduler.set_timesteps(
+            opts.steps or (50 if opts.method == "ddim" else self.config.timesteps)
+        )
+        timesteps = scheduler.timesteps.tolist()
+        device = self.device
+        shape = (n, self.info.channels, self.info.image_size, self.info.image_size)
+        noise = torch.randn(shape, generator=generator).to(device)
+        if inputs is None:
+            x = noise
+        else:  # img2img: noise the inputs to step ~strength*T, then denoise from there
+            x0 = self._fit(inputs.to(device))
+            keep = round(len(timesteps) * opts.strength)
+            timesteps = timesteps[len(timesteps) - keep :]
+            if not timesteps:
+                return (x0 + 1) / 2
+            x = self.schedule.add_noise(x0, noise, torch.full((n,), timesteps[0]))
+        if label is None and opts.class_ is not None:
+            label = torch.full((n,), opts.class_, device=device)
+        guide = self._guide(opts, device)
+
+        was_training = self.unet.training
+        self.unet.eval()  # dropout off
+        try:
+            for t in tqdm(timesteps, desc=f"{opts.method} sampling", leave=False, disable=None):
+                if guide is None:
+                    with torch.no_grad():
+                        out = self.predict(x, t, label, opts.guidance)
+                else:  # move x against the gradient of the guide's loss on the x_0 estimate
+                    fn, scale = guide
+                    x = x.detach().requires_grad_(True)
+                    with torch.enable_grad():
+                        out = self.predict(x, t, label, opts.guidance)
+                        x0 = scheduler.pred_original_sample(out, t, x)
+                        loss = fn(x0, torch.full((n,), t, device=device)).sum()
+                        grad = torch.autograd.grad(loss, x)[0]
+                    x, out = (x - scale * grad).detach(), out.detach()
+                if isinstance(scheduler, DDIMScheduler):
+                    x = scheduler.step(out, t, x, eta=opts.eta, generator=generator).prev_sample
+                else:
+                    x = scheduler.step(out, t, x, generator=generator).prev_sample
+        finally:
+            self.unet.train(was_training)
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def preview(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
+        """The training-time grid (DDIM-50): for a class-conditional model one row per class,
+        else ``len(batch)`` unconditional samples in a square grid."""
+        n = next(iter(batch.values())).shape[0]
+        if not self.num_classes:
+            return self.sample(n, DDPMSampleOptions(), generator), max(round(n**0.5), 1)
+        per_class = max(n // self.num_classes, 1)
+        label = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
+        return self.sample(len(label), DDPMSampleOptions(), generator, label=label), per_class
+
+    def predict(self, x: Tensor, t: int, label: Tensor | None, guidance: float) -> Tensor:
+        """The UNet's output at ``x_t``; with a class and ``guidance != 1``, classifier-free
+        guidance: ``uncond + guidance * (cond - uncond)`` from one batched call."""
+        tt = torch.full((x.shape[0],), t, device=x.device)
+        if label is None or guidance == 1.0:
+            return self.unet(x, tt, label)
+        null = torch.full_like(label, self.num_classes)
+        cond, uncond = self.unet(
+            torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([label, null])
+        ).chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    # ---------------------------------------------------------------- checks and helpers
+
+    def check(self, opts: DDPMSampleOptions, inputs: Tensor | None) -> None:
+        """Options that are valid alone but not for this model or together: bad input."""
+        given = opts.model_fields_set
+        if opts.class_ is not None:
+            if not self.num_classes:
+                raise BadInput(
+                    "class=... needs a class-conditional model; this one was trained unconditionally",
+                    "Train with model.conditional=true on labelled data (recipes/ddpm-mnist-cfg.yaml).",
+                )
+            if opts.class_ >= self.num_classes:
+                raise BadInput(
+                    f"class={opts.class_} is out of range",
+                    f"This model knows classes 0..{self.num_classes - 1}.",
+                )
+        elif "guidance" in given and opts.guidance != 1.0:
+            raise BadInput(
+                "guidance=... is classifier-free guidance toward a class", "Add class=N."
+            )
+        if opts.method == "ddpm" and "eta" in given:
+            raise BadInput("eta applies to method=ddim only", "Drop eta, or use method=ddim.")
+        if opts.steps is not None and opts.steps > self.config.timesteps:
+            raise BadInput(
+                f"steps={opts.steps} exceeds the {self.config.timesteps} training timesteps"
+            )
+        if opts.guide is None:
+            stray = sorted(given & {"guide_scale", "color", "classifier", "target_class"})
+            if stray:
+                raise BadInput(
+                    f"{', '.join(stray)} given without a guidance function",
+                    "Add guide=color or guide=classifier.",
+                )
+        if inputs is None and "strength" in given:
+            raise BadInput("strength applies to img2img", "Give input images with --input DIR.")
+        if inputs is not None and inputs.shape[1] != self.info.channels:
+            raise BadInput(
+                f"the input images have {inputs.shape[1]} channels, the model makes {self.info.channels}",
+                "Load the inputs with the model's channel count.",
+            )
+
+    def _fit(self, x: Tensor) -> Tensor:
+        """Inputs resized to the model's training size (the UNet is trained at one size)."""
+        size = self.info.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x.clamp(-1, 1)
+
+    def _guide(self, opts: DDPMSampleOptions, device: torch.device) -> tuple[GuideFn, float] | None:
+        if opts.guide is None:
+            return None
+        guide = guidance_registry().get(opts.guide)
+        scale = guide.default_scale if opts.guide_scale is None else opts.guide_scale
+        return guide.make(opts, self.info, device), scale
