@@ -59,6 +59,9 @@ TINY: dict[str, list[str]] = {
         "model.norm_groups=4",
         "model.timesteps=50",  # the default DDIM sampler takes 50 steps
     ],
+    "autoencoder": ["model.width=4", "model.latent_channels=2"],
+    "vae": ["model.width=4", "model.latent_channels=2"],
+    "pixelcnn": ["data.image_size=8", "model.width=8", "model.layers=1", "model.levels=4"],
 }
 # ProGAN at step 3 fades 8x8 in (4x4 stable for 2 steps, then a 2-step fade): every layer works.
 STEP = {"progan": 3}
