@@ -77,8 +77,9 @@ class TrainConfig(Schema):
 
 class EvaluateConfig(Schema):
     every: int | None = Field(None, gt=0)
-    metrics: list[str] = ["fid", "kid"]
-    num_samples: int = Field(10000, gt=0)
+    metrics: list[Literal["fid", "kid", "isc", "prc", "psnr", "ssim"]] = ["fid", "kid"]
+    num_samples: int = Field(10000, gt=0)  # generated images per evaluation
+    num_real: int | None = Field(None, gt=0)  # real images compared with (default: num_samples)
     batch_size: int = Field(64, gt=0)
     best: str | None = None  # keep the best checkpoint by this metric
     feature_extractor_weights: str | None = None  # local Inception weights (offline)

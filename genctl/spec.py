@@ -113,6 +113,11 @@ class Sampler(Protocol):
     Optional: ``preview(batch, generator) -> (images in [0, 1], nrow)`` draws the training-time
     grid from a fixed batch of data (input | output | target side by side, say). Without it the
     trainer shows ``sample()`` with default options and a fixed seed.
+
+    Evaluation (FID, KID, ...) calls ``sample()`` with default options, batch by batch; a model
+    with classes should then draw them evenly (label ``i % num_classes``). Optional:
+    ``eval_images(n, batch_size, generator)`` yields the ``n`` images to evaluate instead, in
+    batches of at most ``batch_size`` (to pick evaluation options or balance classes yourself).
     """
 
     def sample(

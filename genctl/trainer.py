@@ -55,6 +55,10 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
     dataset = load_dataset(recipe.data)
     info = dataset.info
     _check_task(recipe, info)
+    if recipe.evaluate.every:  # no Inception weights offline: fail now, not at the first evaluation
+        from genctl.evaluation import check_ready
+
+        check_ready(recipe)
     loader = Loader(
         dataset,
         cfg.batch_size,
@@ -176,7 +180,7 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
             if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
                 _log_grid(tracker, sampler, spec, preview, cfg, step, nets)
             if recipe.evaluate.every and step % recipe.evaluate.every == 0:
-                scores = _evaluate(recipe, spec, {**nets, **ema}, sampler, step, device)
+                scores = _evaluate(recipe, spec, {**nets, **ema}, sampler, step, device, tracker)
                 if tracker and scores:
                     tracker.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step)
                     best = _keep_best(recipe, scores, best, step, save_checkpoint)
@@ -360,7 +364,7 @@ def _log_grid(tracker, sampler, spec, preview, cfg: TrainConfig, step: int, nets
             net.train(modes[name])
 
 
-def _evaluate(recipe, spec, nets, sampler, step, device) -> dict[str, float]:
+def _evaluate(recipe, spec, nets, sampler, step, device, tracker=None) -> dict[str, float]:
     try:
         from genctl.evaluation import evaluate_in_training
     except ImportError:
@@ -369,7 +373,7 @@ def _evaluate(recipe, spec, nets, sampler, step, device) -> dict[str, float]:
     for net in nets.values():
         net.eval()
     try:
-        return evaluate_in_training(recipe, spec, nets, sampler, step, device)
+        return evaluate_in_training(recipe, spec, nets, sampler, step, device, tracker=tracker)
     finally:
         for name, net in nets.items():
             net.train(modes[name])

@@ -37,3 +37,14 @@ def workdir(tmp_path, monkeypatch, _empty_mlflow_db) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GENCTL_CACHE", str(tmp_path / ".cache"))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """A stand-in for torch-fidelity's Inception weights: the real layout, random values.
+
+    FID/KID/IS code paths run for real on it (the numbers mean nothing); no test downloads.
+    """
+    from genctl.evaluation.fidelity import write_standin_weights
+
+    return write_standin_weights(tmp_path_factory.mktemp("inception") / "standin-inception.pth")

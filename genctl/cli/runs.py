@@ -29,7 +29,15 @@ def list_command(
         metrics = "  ".join(
             f"{k.split('/')[-1]}={r.metrics[k]:.4g}" for k in SHOWN_METRICS if k in r.metrics
         )
+        if r.tags.get("eval.protocol"):  # equal ids: eval/ numbers made the same way
+            metrics += f"  [eval protocol {r.tags['eval.protocol']}]"
         typer.echo(f"{r.run_id:34}{r.name[:25]:26}{r.plugin:12}{r.status:10}{started:18}{metrics}")
+    protocols = {r.tags["eval.protocol"] for r in runs if r.tags.get("eval.protocol")}
+    if len(protocols) > 1:
+        typer.echo(
+            f"note: {len(protocols)} different evaluation protocols above; eval/ numbers compare only "
+            "between runs with the same protocol id (their eval.* tags say what differs)"
+        )
 
 
 def ui_command(

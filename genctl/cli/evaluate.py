@@ -1,0 +1,149 @@
+"""`genctl evaluate`: FID, KID, IS, precision/recall (and PSNR/SSIM) of a trained model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from genctl.errors import BadInput
+
+
+def evaluate_command(
+    options: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Sampler options key=value used to generate (see `genctl plugins list`)."
+        ),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option("--run", help="MLflow run id: evaluate its model, log to it.")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Checkpoint file to evaluate.")
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            help="Comma-separated: fid, kid, isc, prc, psnr, ssim. Default: the recipe's evaluate.metrics.",
+        ),
+    ] = None,
+    num_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--num-samples", min=1, help="Generated images. Default: evaluate.num_samples."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Images per batch. Default: evaluate.batch_size."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="Seed of the generated images. Default: the recipe's train.seed."
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            help="Local Inception weights file (offline). Default: evaluate.feature_extractor_weights, "
+            "then $GENCTL_INCEPTION_WEIGHTS, then a download.",
+        ),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bars.")
+    ] = True,
+) -> None:
+    """Evaluate a trained model with torch-fidelity and log the numbers to its MLflow run.
+
+    \b
+    genctl evaluate --run RUN_ID
+    genctl evaluate --run RUN_ID --metrics fid,kid,isc,prc --num-samples 50000
+    genctl evaluate --checkpoint model.pt --device cuda
+    """
+    from genctl.evaluation import evaluate, parse_metrics, source_for
+    from genctl.recipe import validate
+    from genctl.sampling import find_checkpoint, load_model, parse_options
+    from genctl.trainer import _pick_device
+
+    if (run is None) == (checkpoint is None):
+        raise BadInput("say what to evaluate: exactly one of --run RUN_ID or --checkpoint PATH")
+    wanted = parse_metrics(metrics.split(",")) if metrics is not None else None  # fail fast
+    dev = _pick_device(device)
+    model = load_model(find_checkpoint(run=run, path=checkpoint), dev)
+    recipe = validate(model.recipe, model.source, spec=model.spec)
+    cfg = recipe.evaluate
+    opts = parse_options(model.spec, list(options or []))
+    n = num_samples or cfg.num_samples
+    source = source_for(
+        recipe,
+        model.sampler,
+        device=dev,
+        num_samples=n,
+        seed=recipe.train.seed if seed is None else seed,
+        options=opts,
+        num_real=cfg.num_real if num_samples is None else None,
+    )
+    result = evaluate(
+        source,
+        wanted or cfg.metrics,
+        weights=weights or cfg.feature_extractor_weights,
+        device=dev,
+        batch_size=batch_size or cfg.batch_size,
+        progress=progress,
+    )
+    if options:
+        result.protocol["eval.sampler_options"] = " ".join(options)
+
+    typer.echo(f"{model.spec.name} at step {model.step} ({model.source})")
+    typer.echo(format_table(result.logged()))
+    typer.echo(format_protocol(result.protocol))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+
+    run_id = run or model.run_id
+    if run_id is None:
+        typer.echo("not logged: this checkpoint belongs to no MLflow run")
+        return
+    _log(run_id, recipe.tracking.uri, result, model.step)
+    typer.echo(f"logged to run {run_id} at step {model.step}")
+
+
+def format_table(values: dict[str, float]) -> str:
+    """Two aligned columns: metric name and value."""
+    width = max((len(k) for k in values), default=6)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
+    lines += [f"{k:<{width}}  {v:.6g}" for k, v in values.items()]
+    return "\n".join(lines)
+
+
+def format_protocol(p: dict[str, str]) -> str:
+    """One line saying how the numbers were made."""
+    parts = [f"{p['eval.num_generated']} generated"]
+    if "eval.num_real" in p:
+        parts[0] += f" vs {p['eval.num_real']} real ({p['eval.real_set']})"
+    if "eval.feature_extractor" in p:
+        parts.append(
+            f"{p['eval.feature_extractor']} at {p['eval.input_size']} px, weights sha256 "
+            f"{p['eval.weights_sha256'][:12]}, torch-fidelity {p['eval.torch_fidelity']}"
+        )
+    if "eval.kid_subset_size" in p:
+        parts.append(f"KID subsets {p['eval.kid_subsets']} x {p['eval.kid_subset_size']}")
+    return f"protocol {p['eval.protocol']}: " + "; ".join(parts)
+
+
+def _log(run_id: str, uri: str | None, result, step: int) -> None:
+    """Log to the run without changing its status (a run still training stays RUNNING)."""
+    from genctl.evaluation import record
+    from genctl.tracking import Tracker, get_run
+
+    status = get_run(run_id, uri).status
+    tracker = Tracker(experiment="", run_name="", uri=uri, run_id=run_id)
+    try:
+        record(tracker, result, step, log_metrics=True)
+    finally:
+        tracker.finish(status)

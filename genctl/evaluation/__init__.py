@@ -1,0 +1,412 @@
+"""Evaluation: FID, KID, IS and precision/recall through torch-fidelity, PSNR/SSIM for paired tasks.
+
+:func:`evaluate` takes an :class:`ImageSource` (generated images straight from the sampler, and
+the real images to judge them against) and returns the numbers with the protocol that produced
+them. torch-fidelity does the feature extraction (its ``inception-v3-compat`` extractor) and the
+metric math; genctl feeds it uint8 tensors directly (no PNG round trip), caches the features of
+the real images on disk under ``$GENCTL_CACHE`` (default ``~/.cache/genctl``) keyed by a hash of
+their content and of the protocol, and records the protocol next to every number.
+
+The trainer calls :func:`evaluate_in_training` every ``evaluate.every`` steps; ``genctl evaluate``
+calls :func:`evaluate_checkpoint`. Only :mod:`genctl.evaluation.fidelity` imports torch-fidelity,
+and only when Inception metrics are asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from genctl.errors import BadInput
+from genctl.evaluation.quality import psnr, ssim
+from genctl.evaluation.sources import ImageSource, source_for, to_uint8
+
+__all__ = [
+    "METRICS",
+    "Evaluation",
+    "check_ready",
+    "ImageSource",
+    "evaluate",
+    "evaluate_in_training",
+    "psnr",
+    "source_for",
+    "ssim",
+]
+
+INCEPTION_METRICS = ("fid", "kid", "isc", "prc")  # torch-fidelity, Inception features
+PAIRED_METRICS = ("psnr", "ssim")  # one output against its own target
+METRICS = INCEPTION_METRICS + PAIRED_METRICS
+NEED_REAL = ("fid", "kid", "prc")
+PAIRED_TASKS = ("paired", "super_resolution")  # outputs with their own targets
+CACHE_FORMAT = 1  # bump when what is cached for a key changes
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: metric values, the protocol behind them, and notes."""
+
+    # fid, kid_mean, kid_std, isc_mean, isc_std, precision, recall, psnr, ssim, psnr_bicubic, ...
+    metrics: dict[str, float]
+    protocol: dict[str, str]  # eval.* keys: recorded as MLflow tags beside the numbers
+    notes: list[str] = field(default_factory=list)  # what the user should know (cache, KID subset)
+
+    def logged(self) -> dict[str, float]:
+        """The metrics under the names genctl logs: ``eval/fid``, ``eval/kid_mean``, ..."""
+        return {f"eval/{k}": v for k, v in self.metrics.items()}
+
+
+def parse_metrics(names: Iterable[str]) -> list[str]:
+    """Validate metric names (``fid``, ``kid``, ``isc``, ``prc``, ``psnr``, ``ssim``)."""
+    out = []
+    for name in names:
+        name = name.strip().lower()
+        if not name:
+            continue
+        if name not in METRICS:
+            raise BadInput(f"unknown metric {name!r}", f"Metrics: {', '.join(METRICS)}.")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise BadInput("no metric to compute", f"Name one or more of: {', '.join(METRICS)}.")
+    return out
+
+
+# ---------------------------------------------------------------- the evaluation
+
+
+def evaluate(
+    source: ImageSource,
+    metrics: Iterable[str],
+    *,
+    weights: str | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> Evaluation:
+    """Compute ``metrics`` on ``source``.
+
+    Paired sources (translation with aligned targets, super-resolution) always get PSNR and SSIM,
+    and each baseline (``source.baselines``) gets ``psnr_<name>`` and ``ssim_<name>``.
+    ``weights`` is the local Inception weights file (else ``$GENCTL_INCEPTION_WEIGHTS``, else
+    torch-fidelity's download).
+    """
+    wanted = parse_metrics(metrics)
+    if not source.paired and any(m in PAIRED_METRICS for m in wanted):
+        raise BadInput(
+            "PSNR and SSIM compare each output with its own target; this model's outputs have none",
+            "They apply to paired translation and super-resolution; use fid, kid, isc or prc here.",
+        )
+    inception = [m for m in wanted if m in INCEPTION_METRICS]
+    if any(m in NEED_REAL for m in inception) and source.real is None:
+        raise BadInput(
+            f"{', '.join(inception)}: this image source has no real images to compare with"
+        )
+    device = torch.device(device)
+    notes = list(source.notes)
+    protocol: dict[str, str] = {"eval.num_generated": str(source.count)}
+    values: dict[str, float] = {}
+
+    extractor = weights_file = real = None
+    if inception:
+        from genctl.evaluation import fidelity
+
+        weights_file = fidelity.resolve_weights(weights)
+        layers = sorted({fidelity.feature_layer(m) for m in inception})
+        extractor = fidelity.feature_extractor(weights_file, layers, device)
+        protocol.update(
+            {
+                "eval.feature_extractor": fidelity.FEATURE_EXTRACTOR,
+                "eval.weights_sha256": weights_file.sha256,
+                "eval.input_size": str(fidelity.INPUT_SIZE),
+                "eval.torch_fidelity": fidelity.VERSION,
+            }
+        )
+    if any(m in NEED_REAL for m in inception):
+        real, real_note = _real_features(
+            source, extractor, weights_file, device, batch_size, progress
+        )
+        notes.append(real_note)
+        protocol["eval.num_real"] = str(len(real["features"]))
+        protocol["eval.real_set"] = source.real_name
+        protocol["eval.real_fingerprint"] = real["fingerprint"]
+
+    generated, paired = _generated_pass(source, extractor, device, batch_size, progress)
+    if generated["count"] < source.count:
+        notes.append(f"the source gave {generated['count']} images of the {source.count} asked for")
+        protocol["eval.num_generated"] = str(generated["count"])
+    if inception:
+        values.update(_inception_metrics(inception, generated, real, protocol, notes))
+    for key, vals in paired.items():
+        values[key] = float(torch.cat(vals).mean())
+    for name, batches in source.baselines.items():
+        base = _paired_quality(batches, source, batch_size)
+        values[f"psnr_{name}"], values[f"ssim_{name}"] = base["psnr"], base["ssim"]
+    if paired:
+        protocol["eval.paired_metrics"] = (
+            "PSNR and SSIM (Gaussian 11x11, sigma 1.5) on 8-bit RGB, no crop"
+        )
+    protocol["eval.protocol"] = protocol_id(protocol)
+    return Evaluation(values, protocol, notes)
+
+
+def _inception_metrics(inception, generated, real, protocol, notes) -> dict[str, float]:
+    """torch-fidelity's math on the features; small sets adapt KID's subsets and IS's splits."""
+    from genctl.evaluation import fidelity
+
+    values: dict[str, float] = {}
+    n = generated["count"]
+    pool = generated.get(fidelity.feature_layer("fid"))
+    n_real = len(real["features"]) if real is not None else 0
+    if "fid" in inception:
+        values["fid"] = fidelity.fid(fidelity.fid_statistics(pool), real["stats"])
+    if "kid" in inception:
+        subset = min(fidelity.KID_SUBSET_SIZE, n, n_real)
+        if subset < 2:
+            raise BadInput(
+                f"KID needs at least 2 images in each set, got {n} generated and {n_real} real"
+            )
+        if subset < fidelity.KID_SUBSET_SIZE:
+            notes.append(
+                f"KID subset size {subset} instead of {fidelity.KID_SUBSET_SIZE}: only {n} generated "
+                f"and {n_real} real images"
+            )
+        values["kid_mean"], values["kid_std"] = fidelity.kid(pool, real["features"], subset)
+        protocol["eval.kid_subset_size"] = str(subset)
+        protocol["eval.kid_subsets"] = str(fidelity.KID_SUBSETS)
+    if "isc" in inception:
+        splits = min(fidelity.ISC_SPLITS, n)
+        if splits < fidelity.ISC_SPLITS:
+            notes.append(
+                f"IS over {splits} splits instead of {fidelity.ISC_SPLITS}: only {n} images"
+            )
+        logits = generated[fidelity.feature_layer("isc")]
+        values["isc_mean"], values["isc_std"] = fidelity.inception_score(logits, splits)
+        protocol["eval.isc_splits"] = str(splits)
+    if "prc" in inception:
+        k = fidelity.PRC_NEIGHBORHOOD
+        if min(n, n_real) <= k:
+            raise BadInput(
+                f"precision/recall need more than {k} images in each set, got {n} generated and {n_real} real"
+            )
+        values["precision"], values["recall"] = fidelity.precision_recall(pool, real["features"])
+        protocol["eval.prc_neighborhood"] = str(k)
+    return values
+
+
+def protocol_id(protocol: dict[str, str]) -> str:
+    """A short hash of what makes numbers comparable: equal ids, comparable numbers."""
+    keys = sorted(k for k in protocol if k not in ("eval.protocol", "eval.real_set"))
+    blob = json.dumps({k: protocol[k] for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(
+        total=total, desc=desc, unit="img", leave=False, disable=not enabled, dynamic_ncols=True
+    )
+
+
+def _rgb(images: Tensor) -> Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def _generated_pass(source, extractor, device, batch_size, progress) -> tuple[dict, dict]:
+    """One pass over the generated images: Inception features and, when paired, PSNR/SSIM."""
+    features: dict[str, list[Tensor]] = {}
+    paired: dict[str, list[Tensor]] = {"psnr": [], "ssim": []} if source.paired else {}
+    done = 0
+    desc = "generating + features" if extractor is not None else "generating"
+    with _bar(source.count, desc, progress) as bar, torch.no_grad():
+        for batch in source.generate(batch_size):
+            images = to_uint8(batch)[: source.count - done]
+            if source.paired:
+                _compare(images, source.real[done : done + len(images)], paired)
+            if extractor is not None:
+                for layer, value in _extract(extractor, images, device).items():
+                    features.setdefault(layer, []).append(value)
+            done += len(images)
+            bar.update(len(images))
+            if done >= source.count:
+                break
+    if done == 0:
+        raise BadInput("the image source gave no images to evaluate")
+    out: dict[str, Any] = {layer: torch.cat(v) for layer, v in features.items()}
+    out["count"] = done
+    return out, paired
+
+
+def _extract(extractor, images: Tensor, device: torch.device) -> dict[str, Tensor]:
+    from genctl.evaluation.fidelity import extract
+
+    return extract(extractor, _rgb(images).to(device, non_blocking=True))
+
+
+def _compare(images: Tensor, targets: Tensor, out: dict[str, list[Tensor]]) -> None:
+    if images.shape != targets.shape:
+        raise BadInput(
+            f"outputs of shape {tuple(images.shape[1:])} cannot be compared with targets of shape "
+            f"{tuple(targets.shape[1:])}",
+            "A paired model must return images of its target's size and channels.",
+        )
+    x = images.float().div(255)
+    y = targets.to(images.device).float().div(255)
+    out["psnr"].append(psnr(x, y).cpu())
+    out["ssim"].append(ssim(x, y).cpu())
+
+
+def _paired_quality(batches: Callable, source: ImageSource, batch_size: int) -> dict[str, float]:
+    vals: dict[str, list[Tensor]] = {"psnr": [], "ssim": []}
+    done = 0
+    for batch in batches(batch_size):
+        images = to_uint8(batch)[: source.count - done]
+        _compare(images, source.real[done : done + len(images)], vals)
+        done += len(images)
+        if done >= source.count:
+            break
+    return {k: float(torch.cat(v).mean()) for k, v in vals.items()}
+
+
+# ---------------------------------------------------------------- real features, cached
+
+# The last real set of this process: evaluations during training do not reload it.
+_REAL_MEMO: dict[str, dict[str, Any]] = {}
+
+
+def content_fingerprint(images: Tensor) -> str:
+    """sha256 of a uint8 image tensor's shape and bytes: the same images, the same fingerprint."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _real_features(source, extractor, weights, device, batch_size, progress) -> tuple[dict, str]:
+    """Pool3 features and FID statistics of the real images, from the cache when there."""
+    from genctl.data import cache
+    from genctl.evaluation import fidelity
+
+    fingerprint = content_fingerprint(source.real)
+    protocol = {
+        "format": CACHE_FORMAT,
+        "real": fingerprint,
+        "extractor": fidelity.FEATURE_EXTRACTOR,
+        "weights": weights.sha256,
+        "layer": fidelity.feature_layer("fid"),
+        "input_size": fidelity.INPUT_SIZE,
+        "torch_fidelity": fidelity.VERSION,
+    }
+    key = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:24]
+    name = f"eval-real-{key}"
+    path = cache.cache_dir() / f"{name}.pt"
+    what = f"real-image statistics of {source.real_name}"
+    if key in _REAL_MEMO:
+        return _REAL_MEMO[key], f"{what}: from cache {path}"
+    payload = cache.load(name)
+    if payload is not None:
+        note = f"{what}: from cache {path}"
+    else:
+        layer = fidelity.feature_layer("fid")
+        chunks = []
+        with _bar(len(source.real), "real images: features", progress) as bar:
+            for start in range(0, len(source.real), batch_size):
+                batch = source.real[start : start + batch_size]
+                chunks.append(_extract(extractor, batch, device)[layer])
+                bar.update(len(batch))
+        features = torch.cat(chunks)
+        payload = {
+            "features": features,
+            "stats": fidelity.fid_statistics(features),
+            "fingerprint": fingerprint[:16],
+            "protocol": {k: str(v) for k, v in protocol.items()},
+        }
+        saved = cache.save(name, payload)
+        note = f"{what}: computed" + (f", cached at {saved}" if saved else " (cache not writable)")
+    _REAL_MEMO.clear()  # keep one real set: features of 50k images are 400 MB
+    _REAL_MEMO[key] = payload
+    return payload, note
+
+
+# ---------------------------------------------------------------- during training
+
+
+def check_ready(recipe: Any) -> None:
+    """Fail before training starts, not at the first evaluation, when evaluation cannot run:
+    Inception weights missing offline, or PSNR/SSIM asked of a model without paired targets."""
+    cfg = recipe.evaluate
+    wanted = parse_metrics(cfg.metrics)
+    if any(m in PAIRED_METRICS for m in wanted) and recipe.spec.task not in PAIRED_TASKS:
+        raise BadInput(
+            f"evaluate.metrics: PSNR and SSIM need paired targets; {recipe.plugin} is a "
+            f"{recipe.spec.task} model",
+            "Use fid, kid, isc or prc for it (paired and super-resolution models get PSNR/SSIM).",
+        )
+    if any(m in INCEPTION_METRICS for m in wanted):
+        from genctl.evaluation import fidelity
+
+        fidelity.resolve_weights(cfg.feature_extractor_weights)
+
+
+def evaluate_in_training(
+    recipe: Any,
+    spec: Any,
+    nets: dict[str, torch.nn.Module],
+    sampler: Any,
+    step: int,
+    device: torch.device | str,
+    tracker: Any = None,
+) -> dict[str, float]:
+    """The recipe's ``evaluate:`` metrics at ``step``, names without the ``eval/`` prefix.
+
+    The trainer passes the networks in eval mode (EMA ones when the run keeps them) and logs the
+    result. With ``tracker`` (a :class:`genctl.tracking.Tracker`), the protocol is recorded on the
+    run as tags. Generation uses the recipe's seed, so evaluations at different steps compare.
+    """
+    cfg = recipe.evaluate
+    source = source_for(
+        recipe,
+        sampler,
+        device=device,
+        num_samples=cfg.num_samples,
+        seed=recipe.train.seed,
+        num_real=cfg.num_real,
+    )
+    result = evaluate(
+        source,
+        cfg.metrics,
+        weights=cfg.feature_extractor_weights,
+        device=device,
+        batch_size=cfg.batch_size,
+        progress=True,
+    )
+    if tracker is not None:
+        record(tracker, result, step)
+    for note in result.notes:
+        tqdm.write(f"evaluation at step {step}: {note}")
+    return result.metrics
+
+
+def record(tracker: Any, result: Evaluation, step: int, *, log_metrics: bool = False) -> None:
+    """Record the protocol as tags (and optionally the metrics) on an MLflow run via ``tracker``.
+
+    Tags hold the latest evaluation's protocol; ``evaluation/step-<step>.json`` keeps every
+    evaluation's numbers with their protocol, so a number is never separated from how it was made.
+    """
+    if log_metrics:
+        tracker.log_metrics(result.logged(), step)
+    tracker.set_tags(result.protocol)
+    blob = json.dumps(
+        {
+            "step": step,
+            "metrics": result.logged(),
+            "protocol": result.protocol,
+            "notes": result.notes,
+        },
+        indent=2,
+    )
+    tracker.write_artifact(f"evaluation/step-{step:08d}.json", lambda p: p.write_text(blob))

@@ -1,0 +1,197 @@
+"""Sources of generated images: what a model makes, and the real images it is judged against.
+
+:class:`ImageSource` is the whole contract between a model family and the evaluation. The core
+builds one from the recipe's task, so no family needs special code:
+
+* ``unconditional`` / ``conditional``: ``sampler.sample`` with default options (or the sampler's
+  optional ``eval_images``), against the training images (a fixed random subset);
+* ``paired`` / ``unpaired`` (translation): the test split's inputs translated, against the
+  target domain's test images; paired outputs are also compared one by one (PSNR, SSIM);
+* ``super_resolution``: the test split's HR images downscaled as in training and upscaled by the
+  model, compared one by one with the HR originals, beside a bicubic upscaling as the baseline.
+
+A family that wants something else builds its own :class:`ImageSource` and calls
+:func:`genctl.evaluation.evaluate` with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from genctl.data import to_unit
+from genctl.errors import BadInput
+
+Batches = Callable[[int], Iterable[Tensor]]  # batch_size -> batches of images, in order
+
+REAL_SUBSET_SEED = 0  # every run compares against the same real subset, so the cache is shared
+
+
+@dataclass
+class ImageSource:
+    """Generated images, and the real images they are judged against."""
+
+    generate: Batches  # batches of generated images: float in [0, 1] or uint8, N x C x H x W
+    count: int  # how many generated images to take
+    real: Tensor | None  # uint8 N x C x H x W on the CPU (None: only IS, which needs no real set)
+    real_name: str = "real images"  # said in messages and recorded with the numbers
+    paired: bool = False  # generated image i predicts real image i: PSNR and SSIM apply
+    baselines: dict[str, Batches] = field(default_factory=dict)  # paired, e.g. {"bicubic": ...}
+    notes: list[str] = field(default_factory=list)  # said to the user with the results
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[0, 1] floats -> uint8, rounded as genctl writes images (uint8 passes through)."""
+    if images.dtype == torch.uint8:
+        return images
+    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def from_uint8(images: Tensor, device: torch.device | str) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1] on ``device``: what samplers take as ``inputs``."""
+    return to_unit(images.to(device))
+
+
+# ---------------------------------------------------------------- generated batches
+
+
+def sampled(sampler: Any, options: Any, n: int, seed: int) -> Batches:
+    """Batches of ``sampler.sample(k, options, generator)``, or of the sampler's ``eval_images``."""
+
+    def batches(batch_size: int) -> Iterator[Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        if hasattr(sampler, "eval_images"):
+            yield from sampler.eval_images(n, batch_size, generator)
+            return
+        for start in range(0, n, batch_size):
+            yield sampler.sample(min(batch_size, n - start), options, generator)
+
+    return batches
+
+
+def translated(
+    sampler: Any, options: Any, inputs: Tensor, seed: int, device: torch.device | str
+) -> Batches:
+    """Batches of ``sampler.sample(k, options, generator, inputs=...)`` over uint8 ``inputs``."""
+
+    def batches(batch_size: int) -> Iterator[Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, len(inputs), batch_size):
+            x = from_uint8(inputs[start : start + batch_size], device)
+            yield sampler.sample(len(x), options, generator, inputs=x)
+
+    return batches
+
+
+def downscale(hr: Tensor, scale: int) -> Tensor:
+    """float [-1, 1] HR -> LR, as the training loader makes it (bicubic with antialiasing)."""
+    side = hr.shape[-1] // scale
+    lr = F.interpolate(hr, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    return lr.clamp(-1.0, 1.0)
+
+
+def super_resolved(
+    sampler: Any, options: Any, hr: Tensor, scale: int, seed: int, device
+) -> Batches:
+    """Batches of the model's upscaling of the LR versions of uint8 ``hr``."""
+
+    def batches(batch_size: int) -> Iterator[Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, len(hr), batch_size):
+            lr = downscale(from_uint8(hr[start : start + batch_size], device), scale)
+            yield sampler.sample(len(lr), options, generator, inputs=lr)
+
+    return batches
+
+
+def bicubic(hr: Tensor, scale: int) -> Batches:
+    """The baseline: bicubic upscaling of the same LR images."""
+
+    def batches(batch_size: int) -> Iterator[Tensor]:
+        for start in range(0, len(hr), batch_size):
+            x = hr[start : start + batch_size]
+            lr = downscale(from_uint8(x, "cpu"), scale)
+            up = F.interpolate(lr, size=x.shape[-2:], mode="bicubic", align_corners=False)
+            yield up.add(1).div(2)
+
+    return batches
+
+
+# ---------------------------------------------------------------- the default source of a recipe
+
+
+def source_for(
+    recipe: Any,
+    sampler: Any,
+    *,
+    device: torch.device | str,
+    num_samples: int,
+    seed: int,
+    options: Any = None,
+    num_real: int | None = None,
+) -> ImageSource:
+    """The :class:`ImageSource` of a recipe's model: see the module docstring."""
+    spec = recipe.spec
+    options = options if options is not None else spec.sampler_options()
+    task = spec.task
+    if task in ("unconditional", "conditional"):
+        from genctl.data import load_dataset
+
+        data = load_dataset(recipe.data)
+        real, name = real_subset(data.tensors["image"], num_real or num_samples, recipe.data)
+        return ImageSource(sampled(sampler, options, num_samples, seed), num_samples, real, name)
+
+    data, notes = _test_split(recipe.data)
+    t = data.tensors
+    split = "test" if not notes else recipe.data.split
+    if task == "paired":
+        n = min(num_samples, len(t["input"]))
+        inputs, targets = t["input"][:n], t["target"][:n]
+        name = f"{_where(recipe.data)} {split} targets ({n})"
+        return ImageSource(
+            translated(sampler, options, inputs, seed, device), n, targets, name, True, notes=notes
+        )
+    if task == "unpaired":
+        n = min(num_samples, len(t["a"]))
+        real = t["b"][: min(num_samples, len(t["b"]))]
+        name = f"{_where(recipe.data)} {split} target domain ({len(real)})"
+        return ImageSource(
+            translated(sampler, options, t["a"][:n], seed, device), n, real, name, notes=notes
+        )
+    if task == "super_resolution":
+        n = min(num_samples, len(t["hr"]))
+        hr, scale = t["hr"][:n], recipe.data.scale
+        name = f"{_where(recipe.data)} {split} HR images ({n})"
+        generate = super_resolved(sampler, options, hr, scale, seed, device)
+        return ImageSource(generate, n, hr, name, True, {"bicubic": bicubic(hr, scale)}, notes)
+    raise BadInput(f"cannot evaluate models of task {task!r}")
+
+
+def real_subset(images: Tensor, n: int, data_cfg: Any = None) -> tuple[Tensor, str]:
+    """At most ``n`` real images: all of them, or a fixed random subset (the same for every run)."""
+    where = f"{_where(data_cfg)} {data_cfg.split}" if data_cfg is not None else "real images"
+    if n >= len(images):
+        return images, f"{where} ({len(images)})"
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))
+    return images[order[:n].sort().values], f"{where} ({n} of {len(images)}, fixed subset)"
+
+
+def _test_split(cfg: Any) -> tuple[Any, list[str]]:
+    """The test split of the data (the training split, said so, when there is none)."""
+    from genctl.data import load_dataset
+
+    try:
+        return load_dataset(cfg.model_copy(update={"split": "test"})), []
+    except BadInput as exc:
+        data = load_dataset(cfg)
+        return data, [f"no test split ({exc.message}); evaluated on the {cfg.split} split"]
+
+
+def _where(cfg: Any) -> str:
+    root = getattr(cfg, "root", None)
+    return f"{cfg.kind}:{root}" if root else str(cfg.kind)

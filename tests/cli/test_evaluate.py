@@ -1,0 +1,150 @@
+"""`genctl evaluate` end to end, and evaluation during `genctl train`, on the toy family.
+
+Inception runs on the stand-in weights (``inception_weights``) over four images per set.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import genctl.evaluation as ev
+from genctl import checkpoint
+from genctl.cli import app
+from genctl.evaluation import fidelity
+from genctl.tracking import get_run, local_path, search_runs
+from tests.cli.test_cli import _assert_bad_input
+from tests.helpers import use_toy_plugin, write_recipe
+
+SMALL = ("--num-samples", 4, "--batch-size", 4, "--no-progress")
+
+
+@pytest.fixture
+def cli(workdir, monkeypatch, inception_weights):
+    use_toy_plugin(monkeypatch)
+    monkeypatch.setenv(fidelity.WEIGHTS_ENV, str(inception_weights))
+    ev._REAL_MEMO.clear()
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+@pytest.fixture
+def trained(cli, workdir) -> str:
+    res = cli("train", write_recipe(workdir / "toy.yaml"), "train.steps=2", "--no-progress")
+    assert res.exit_code == 0, res.output
+    return res.output.split("run ")[1].split()[0]
+
+
+def _offline(monkeypatch, tmp_path) -> None:
+    """No Inception weights in the torch hub cache, and every download fails."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def fail(url, dst):
+        raise urllib.error.URLError("no internet")
+
+    monkeypatch.setattr(fidelity, "_download", fail)
+
+
+def test_evaluate_run_logs_to_that_run_and_prints_a_table(cli, trained):
+    res = cli("evaluate", "--run", trained, "--metrics", "kid,isc", *SMALL)
+    assert res.exit_code == 0, res.output
+    assert "eval/isc_mean" in res.output and "eval/kid_mean" in res.output
+    assert "KID subset size 4 instead of 1000" in res.output
+    run = get_run(trained)
+    assert {"eval/isc_mean", "eval/kid_mean", "eval/kid_std"} <= set(run.metrics)
+    assert run.tags["eval.num_generated"] == "4" and run.tags["eval.num_real"] == "4"
+    assert run.tags["eval.weights_sha256"] == fidelity.file_sha256(fidelity.resolve_weights().path)
+    assert run.status == "FINISHED"  # logging to a run does not change its status
+
+
+def test_a_second_evaluation_uses_the_cached_real_statistics(cli, trained):
+    first = cli("evaluate", "--run", trained, "--metrics", "kid", *SMALL)
+    ev._REAL_MEMO.clear()  # as if a new process
+    final = local_path(get_run(trained).artifact_uri) / checkpoint.FINAL
+    second = cli("evaluate", "--checkpoint", final, "--metrics", "kid", *SMALL)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert "computed, cached at" in first.output
+    assert "from cache" in second.output
+
+
+def test_evaluation_every_n_steps_during_training_logs_metrics_and_protocol(cli, workdir):
+    recipe = write_recipe(workdir / "toy.yaml")
+    res = cli(
+        "train",
+        recipe,
+        "train.steps=4",
+        "--no-progress",
+        "evaluate.every=2",
+        "evaluate.metrics=[kid]",
+        "evaluate.num_samples=4",
+        "evaluate.batch_size=4",
+        "evaluate.best=kid_mean",
+    )
+    assert res.exit_code == 0, res.output
+    run = get_run(res.output.split("run ")[1].split()[0])
+    artifacts = local_path(run.artifact_uri)
+    assert (
+        "eval/kid_mean" in run.metrics
+        and run.tags["eval.feature_extractor"] == "inception-v3-compat"
+    )
+    steps = [
+        json.loads(p.read_text())["step"] for p in sorted((artifacts / "evaluation").glob("*.json"))
+    ]
+    assert steps == [2, 4]
+    assert (artifacts / checkpoint.BEST).is_file()
+
+
+def test_offline_without_weights_exits_2_saying_what_to_set(cli, trained, monkeypatch, tmp_path):
+    monkeypatch.delenv(fidelity.WEIGHTS_ENV)
+    _offline(monkeypatch, tmp_path)
+    res = cli("evaluate", "--run", trained, *SMALL)
+    _assert_bad_input(res, "GENCTL_INCEPTION_WEIGHTS", "evaluate.feature_extractor_weights")
+
+
+def test_evaluate_needs_exactly_one_of_run_or_checkpoint(cli):
+    _assert_bad_input(cli("evaluate"), "exactly one of --run")
+
+
+def test_an_unknown_metric_exits_2_listing_the_known_ones(cli):
+    _assert_bad_input(
+        cli("evaluate", "--run", "x", "--metrics", "fid,fdi"), "unknown metric 'fdi'", "prc"
+    )
+
+
+def test_runs_list_shows_when_evaluation_protocols_differ(cli, workdir):
+    from genctl.tracking import Tracker
+
+    recipe = write_recipe(workdir / "toy.yaml")
+    ids = []
+    for _ in range(2):
+        res = cli("train", recipe, "train.steps=1", "--no-progress")
+        assert res.exit_code == 0, res.output
+        ids.append(res.output.split("run ")[1].split()[0])
+    for run_id, protocol in zip(ids, ("aaaaaaaaaaaa", "bbbbbbbbbbbb"), strict=True):
+        tracker = Tracker(experiment="", run_name="", run_id=run_id)
+        tracker.set_tags({"eval.protocol": protocol})
+        tracker.finish("FINISHED")
+    res = cli("runs", "list")
+    assert (
+        "[eval protocol aaaaaaaaaaaa]" in res.output
+        and "[eval protocol bbbbbbbbbbbb]" in res.output
+    )
+    assert "2 different evaluation protocols" in res.output
+
+
+def test_training_with_evaluation_but_no_weights_offline_fails_before_it_starts(
+    cli, workdir, monkeypatch, tmp_path
+):
+    monkeypatch.delenv(fidelity.WEIGHTS_ENV)
+    _offline(monkeypatch, tmp_path)
+    res = cli("train", write_recipe(workdir / "toy.yaml"), "evaluate.every=10", "--no-progress")
+    _assert_bad_input(res, "GENCTL_INCEPTION_WEIGHTS")
+    assert search_runs() == []  # no run was started
