@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -299,9 +299,10 @@ def _update_ema(
     decay = cfg.ema.decay if step >= cfg.ema.start else 0.0
     for name, avg in ema.items():
         src = nets[name[: -len("_ema")]]
-        avg_p = [p for p in avg.parameters()]
-        src_p = [p.detach() for p in src.parameters()]
-        torch._foreach_lerp_(avg_p, src_p, 1.0 - decay)
+        # one fused kernel per network: avg += (1 - decay) * (src - avg)
+        torch._foreach_lerp_(
+            list(avg.parameters()), [p.detach() for p in src.parameters()], 1.0 - decay
+        )
         for b_avg, b_src in zip(avg.buffers(), src.buffers(), strict=True):
             b_avg.copy_(b_src)
 
@@ -348,10 +349,7 @@ def _preview_batch(dataset, n: int, device, sampler):
 def _log_grid(tracker, sampler, spec, preview, cfg: TrainConfig, step: int, nets) -> None:
     from genctl.sampling import grid_image
 
-    modes = {name: net.training for name, net in nets.items()}
-    for net in nets.values():
-        net.eval()
-    try:
+    with _eval_mode(nets):
         gen = torch.Generator().manual_seed(cfg.seed)  # the same noise every time: comparable grids
         if preview is not None:
             images, nrow = sampler.preview(preview, gen)
@@ -359,21 +357,23 @@ def _log_grid(tracker, sampler, spec, preview, cfg: TrainConfig, step: int, nets
             images = sampler.sample(cfg.grid_size, spec.sampler_options(), gen)
             nrow = int(math.ceil(math.sqrt(len(images))))
         tracker.log_image(grid_image(images, nrow), key="samples", step=step)
-    finally:
-        for name, net in nets.items():
-            net.train(modes[name])
 
 
 def _evaluate(recipe, spec, nets, sampler, step, device, tracker=None) -> dict[str, float]:
-    try:
-        from genctl.evaluation import evaluate_in_training
-    except ImportError:
-        return {}
+    from genctl.evaluation import evaluate_in_training
+
+    with _eval_mode(nets):
+        return evaluate_in_training(recipe, spec, nets, sampler, step, device, tracker=tracker)
+
+
+@contextmanager
+def _eval_mode(nets: dict[str, nn.Module]):
+    """Networks in eval mode (batch-norm statistics, no dropout) for a while, then as they were."""
     modes = {name: net.training for name, net in nets.items()}
     for net in nets.values():
         net.eval()
     try:
-        return evaluate_in_training(recipe, spec, nets, sampler, step, device, tracker=tracker)
+        yield
     finally:
         for name, net in nets.items():
             net.train(modes[name])
