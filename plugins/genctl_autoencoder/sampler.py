@@ -1,0 +1,97 @@
+"""Images from a trained autoencoder or VAE: new samples, or reconstructions of --input images."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from genctl.errors import BadInput
+from genctl.spec import DataInfo, Schema
+
+
+class AutoencoderSamplerOptions(Schema):
+    mode: Literal["auto", "sample", "reconstruct"] = Field(
+        "auto",
+        description="sample: decode latents drawn from the prior; reconstruct: encode and decode "
+        "the --input images; auto: reconstruct when --input is given, else sample",
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="sample: scale of the latent noise around the prior mean; below 1, more "
+        "typical images, less variety",
+    )
+
+
+class AutoencoderSampler:
+    """Decodes prior latents, or reconstructs inputs through the posterior mean."""
+
+    chunk = 256  # images per forward pass, to bound memory for large n
+
+    def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
+        self.net = nets.get("autoencoder_ema", nets["autoencoder"])  # EMA weights when kept
+        self.name = "vae" if self.net.variational else "autoencoder"
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        options: AutoencoderSamplerOptions,
+        generator: torch.Generator,
+        inputs: Tensor | None = None,
+    ) -> Tensor:
+        mode = options.mode
+        if mode == "auto":
+            mode = "sample" if inputs is None else "reconstruct"
+        if mode == "reconstruct":
+            if inputs is None:
+                raise BadInput(
+                    f"{self.name}: mode=reconstruct needs images to reconstruct",
+                    "Give them with --input FILE_OR_FOLDER, or use mode=sample.",
+                )
+            return self.reconstruct(inputs)
+        if inputs is not None:
+            raise BadInput(
+                f"{self.name}: mode=sample draws new images and would ignore --input",
+                "Drop --input, or use mode=reconstruct (or mode=auto) to reconstruct the inputs.",
+            )
+        return self._decode(self.latents(n, generator, options.temperature))
+
+    def latents(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> Tensor:
+        """``n`` latents from the prior (see ``Autoencoder.prior``), noise drawn on the CPU."""
+        mean, std = self.net.prior()
+        eps = torch.randn(n, *self.net.latent_shape, generator=generator).to(mean.device)
+        return mean + temperature * std * eps
+
+    @torch.no_grad()
+    def reconstruct(self, inputs: Tensor) -> Tensor:
+        """Inputs in [-1, 1] -> their reconstructions in [0, 1], through the posterior mean."""
+        device = self.net.latent_mean.device
+        z = torch.cat(
+            [
+                self.net.encode(inputs[i : i + self.chunk].to(device))
+                for i in range(0, len(inputs), self.chunk)
+            ]
+        )
+        return self._decode(z)
+
+    def _decode(self, z: Tensor) -> Tensor:
+        out = [self.net.decode(z[i : i + self.chunk]) for i in range(0, len(z), self.chunk)]
+        return ((torch.cat(out).float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def preview(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
+        """The training grid: rows of inputs, each followed by its reconstructions, then as
+        many rows of samples."""
+        x = batch["image"]
+        nrow = min(8, len(x))
+        x = x[: nrow * min(2, len(x) // nrow)]  # one or two full rows of inputs
+        inputs, recons = (x.float() + 1) / 2, self.reconstruct(x)
+        samples = self._decode(self.latents(len(x), generator))
+        rows = []
+        for i in range(0, len(x), nrow):
+            rows += [inputs[i : i + nrow].to(recons.device), recons[i : i + nrow]]
+        return torch.cat([*rows, samples]), nrow
