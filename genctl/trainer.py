@@ -84,13 +84,13 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
     objective = spec.objective(config, nets, info)
     _check_groups(objective, nets)
     optimizers = {g: _make_optimizer(cfg, g, nets, names) for g, names in objective.groups.items()}
-    schedulers = {g: _make_scheduler(cfg, opt) for g, opt in optimizers.items()}
+    group_params = {g: opt.param_groups[0]["params"] for g, opt in optimizers.items()}
     sampler = spec.sampler(config, {**nets, **ema}, info)
     step = 0
     run_id = None
     if ckpt is not None:
         step, run_id = ckpt["step"], ckpt.get("run_id")
-        _restore(ckpt, nets, ema, optimizers, schedulers, objective, loader)
+        _restore(ckpt, nets, ema, optimizers, objective, loader)
     torch.manual_seed(cfg.seed + 1000 * dist.rank + step)  # ranks draw different noise
     if ckpt is not None and dist.world == 1:
         _set_rng(ckpt["rng"])  # single process: continue the exact random stream
@@ -122,7 +122,6 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
             nets,
             ema,
             optimizers,
-            schedulers,
             objective,
             loader,
             best,
@@ -138,11 +137,15 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
     try:
         stop.install()
         while step < cfg.steps and not stop.requested:
+            _set_lr(optimizers, lr_factor(cfg, step))
             for group in objective.schedule(step):
                 batch = loader.next()
+                params = group_params[group]
+                # Only this group's parameters need gradients: the others' backward is skipped
+                # (gradients still flow through the discriminator to the generator).
+                _trainable_only(group, group_params)
                 with autocast:
                     loss, logs = objective.loss(group, batch, step)
-                params = optimizers[group].param_groups[0]["params"]
                 for p in params:
                     p.grad = None
                 scaler.scale(loss).backward()
@@ -159,8 +162,6 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
                     _accumulate(sums, counts, name, value)
                 images_seen += cfg.batch_size * dist.world
             _update_ema(ema, nets, cfg, step)
-            for sched in schedulers.values():
-                sched.step()
             step += 1
             bar.update(1)
 
@@ -276,8 +277,21 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return s.final_factor + (1 - s.final_factor) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))
+def _set_lr(optimizers: dict[str, torch.optim.Optimizer], factor: float) -> None:
+    """The LR follows the step alone, so a resumed run has it exactly, with no scheduler state."""
+    for opt in optimizers.values():
+        for pg in opt.param_groups:
+            pg.setdefault("initial_lr", pg["lr"])
+            pg["lr"] = pg["initial_lr"] * factor
+
+
+def _trainable_only(group: str, group_params: dict[str, list[torch.Tensor]]) -> None:
+    for g, params in group_params.items():
+        if g != group:
+            for p in params:
+                p.requires_grad_(False)
+    for p in group_params[group]:
+        p.requires_grad_(True)
 
 
 def _make_ema(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, nn.Module]:
@@ -455,15 +469,12 @@ def _header(recipe: Recipe, spec, info: DataInfo, step: int, run_id) -> dict[str
     }
 
 
-def _state(
-    recipe, spec, info, step, run_id, nets, ema, optimizers, schedulers, objective, loader, best
-):
+def _state(recipe, spec, info, step, run_id, nets, ema, optimizers, objective, loader, best):
     return {
         **_header(recipe, spec, info, step, run_id),
         "nets": {k: v.state_dict() for k, v in nets.items()},
         "ema": {k: v.state_dict() for k, v in ema.items()},
         "optimizers": {k: v.state_dict() for k, v in optimizers.items()},
-        "schedulers": {k: v.state_dict() for k, v in schedulers.items()},
         "objective": objective.state_dict(),
         "data": loader.state_dict(),
         "rng": _rng_state(),
@@ -479,13 +490,11 @@ def _final(recipe, spec, info, step, run_id, nets, ema):
     }
 
 
-def _restore(ckpt, nets, ema, optimizers, schedulers, objective, loader) -> None:
+def _restore(ckpt, nets, ema, optimizers, objective, loader) -> None:
     _load_nets(nets, ckpt["nets"], "checkpoint")
     _load_nets(ema, ckpt.get("ema", {}), "checkpoint (EMA)")
     for k, opt in optimizers.items():
         opt.load_state_dict(ckpt["optimizers"][k])
-    for k, sched in schedulers.items():
-        sched.load_state_dict(ckpt["schedulers"][k])
     objective.load_state_dict(ckpt["objective"])
     loader.load_state_dict(ckpt["data"])
 
