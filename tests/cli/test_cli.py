@@ -166,3 +166,12 @@ def test_bad_seeds(cli, trained):
 def test_recipes_validate_reports_errors(cli, workdir):
     bad = write_recipe(workdir / "bad.yaml", {**TOY_RECIPE, "train": {"steps": -1}})
     _assert_bad_input(cli("recipes", "validate", bad), "train.steps")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["train", "--help"], ["sample", "--help"], ["plugins", "list", "--help"]],
+)
+def test_help_exits_cleanly(command):
+    res = CliRunner().invoke(app, command)
+    assert res.exit_code == 0 and "Usage" in res.output and "error" not in res.output
