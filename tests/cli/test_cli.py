@@ -174,4 +174,4 @@ def test_recipes_validate_reports_errors(cli, workdir):
 )
 def test_help_exits_cleanly(command):
     res = CliRunner().invoke(app, command)
-    assert res.exit_code == 0 and "Usage" in res.output and "error" not in res.output
+    assert res.exit_code == 0 and "Usage" in res.output and "error:" not in res.output
