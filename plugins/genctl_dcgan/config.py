@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from genctl.spec import Schema
 
@@ -26,16 +26,20 @@ class DCGANConfig(Schema):
     d_norm: Norm | None = None  # default batch; layer for wgan-gp (batch norm breaks the penalty)
     conditional: bool = False  # cGAN: condition both networks on the class label
 
+    @field_validator("d_norm")
+    @classmethod
+    def _no_batch_norm_with_gradient_penalty(cls, norm: Norm | None, info: ValidationInfo):
+        if norm == "batch" and info.data.get("loss") == "wgan-gp":
+            raise ValueError(
+                "batch norm cannot be used with loss 'wgan-gp': it mixes the images of a batch, "
+                "which the per-image gradient penalty assumes independent; use layer, instance or none"
+            )
+        return norm
+
     @model_validator(mode="after")
     def _fill_loss_defaults(self) -> DCGANConfig:
-        wasserstein = self.loss != "bce"
         if self.n_critic is None:
-            self.n_critic = 5 if wasserstein else 1
+            self.n_critic = 1 if self.loss == "bce" else 5
         if self.d_norm is None:
             self.d_norm = "layer" if self.loss == "wgan-gp" else "batch"
-        if self.loss == "wgan-gp" and self.d_norm == "batch":
-            raise ValueError(
-                "d_norm 'batch' cannot be used with loss 'wgan-gp': batch norm mixes the "
-                "samples the gradient penalty treats one by one; use layer, instance or none"
-            )
         return self
