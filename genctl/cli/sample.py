@@ -96,6 +96,13 @@ def sample_command(
             f"{model.spec.name} translates images: give them with --input FILE_OR_FOLDER"
         )
 
+    grid_nrow = model.sampler.nrow(opts) if hasattr(model.sampler, "nrow") else None
+    if seeds is not None and grid_nrow is not None:
+        seed_options = [n for n in model.spec.sampler_options.model_fields if "seed" in n]
+        raise BadInput(
+            "--seeds draws one image per seed, but these sampler options make a grid of their own",
+            f"Give its seeds as sampler options instead: {', '.join(seed_options) or 'see genctl plugins list'}.",
+        )
     with torch.no_grad():
         if inputs is not None:
             images = model.sampler.sample(
