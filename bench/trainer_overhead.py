@@ -10,7 +10,8 @@ the cost of MLflow logging at the default cadence.
 
 Fixed costs (building networks, creating the MLflow run, the final checkpoint) are cancelled by
 timing two run lengths and dividing the difference by the difference in steps. Variants are
-interleaved within each repeat so machine noise hits them alike; the median is reported.
+interleaved, their order rotated each repeat, so machine noise hits them alike; the median
+is reported.
 Prints a table and writes bench/results/trainer_overhead.json.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genctl.data import Loader, load_dataset
+from genctl.data import load_dataset
 from genctl.recipe import validate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,23 +135,31 @@ def per_step(fn, short: int, long: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300, help="steps of the long run (the short is a fifth)")
+    ap.add_argument(
+        "--steps", type=int, default=300, help="steps of the long run (the short is a fifth)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     long, short = args.steps, max(1, args.steps // 5)
 
     os.chdir(tempfile.mkdtemp(prefix="genctl-bench-"))  # a throwaway MLflow store
-    load_dataset(_recipe(1, args.device).data)  # decode and cache the data once, outside the timings
+    load_dataset(
+        _recipe(1, args.device).data
+    )  # decode and cache the data once, outside the timings
     time_genctl(2, args.device, tracking=True)  # warm up: imports, store creation
 
-    rows: dict[str, list[float]] = {"bare": [], "genctl_null_tracker": [], "genctl_mlflow": []}
-    for _ in range(args.repeats):
-        rows["bare"].append(per_step(lambda s: time_bare(s, args.device), short, long))
-        rows["genctl_null_tracker"].append(
-            per_step(lambda s: time_genctl(s, args.device, tracking=False), short, long)
-        )
-        rows["genctl_mlflow"].append(per_step(lambda s: time_genctl(s, args.device, tracking=True), short, long))
+    variants = {
+        "bare": lambda s: time_bare(s, args.device),
+        "genctl_null_tracker": lambda s: time_genctl(s, args.device, tracking=False),
+        "genctl_mlflow": lambda s: time_genctl(s, args.device, tracking=True),
+    }
+    rows: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(args.repeats):
+        # rotate the order each repeat, so a drift in machine load favours no variant
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rows[name].append(per_step(variants[name], short, long))
     med = {k: statistics.median(v) for k, v in rows.items()}
     result = {
         "device": args.device,
@@ -165,13 +174,19 @@ def main() -> None:
         "tracking_cost_fraction": med["genctl_mlflow"] / med["genctl_null_tracker"] - 1,
         "all": rows,
     }
-    print(f"\nDCGAN 32x32, batch 64, {args.device}, steps {short}->{long}, median of {args.repeats}")
+    print(
+        f"\nDCGAN 32x32, batch 64, {args.device}, steps {short}->{long}, median of {args.repeats}"
+    )
     print(f"{'loop':24}{'ms/step':>10}{'steps/s':>10}")
     for k, v in med.items():
         print(f"{k:24}{v * 1000:10.2f}{1 / v:10.2f}")
-    print(f"\n(a) genctl / bare steps/s:          {result['ratio_genctl_vs_bare']:.3f}  (target >= 0.97)")
+    print(
+        f"\n(a) genctl / bare steps/s:          {result['ratio_genctl_vs_bare']:.3f}  (target >= 0.97)"
+    )
     print(f"    without tracking:               {result['ratio_genctl_no_tracking_vs_bare']:.3f}")
-    print(f"(b) MLflow logging share of a step: {100 * result['tracking_cost_fraction']:+.2f}%  (target <= 2%)")
+    print(
+        f"(b) MLflow logging share of a step: {100 * result['tracking_cost_fraction']:+.2f}%  (target <= 2%)"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "trainer_overhead.json").write_text(json.dumps(result, indent=2))
 
