@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps per round")
-    ap.add_argument("--sample-n", type=int, default=16, help="images per sampling run")
+    ap.add_argument("--sample-n", type=int, default=8, help="images per sampling run")
     ap.add_argument("--ddpm-steps", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
@@ -131,14 +131,16 @@ def main() -> None:
     for name, net in nets.items():  # warm-up: allocator, kernels, lazy inits
         train_round(net, calls[name], args, device, 1)
     rates: dict[str, list[float]] = {name: [] for name in nets}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for name, net in nets.items():
             rates[name].append(train_round(net, calls[name], args, device, args.steps))
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in rates.items()))
 
     unet = nets["genctl"].eval()
     with torch.no_grad():
         sampling_seconds(unet, args, device, "ddim", 2)  # warm-up
         ddim = sampling_seconds(unet, args, device, "ddim", 50)
+        print(f"DDIM-50: {ddim:.1f} s")
         ddpm = sampling_seconds(unet, args, device, "ddpm", args.ddpm_steps)
 
     train = {

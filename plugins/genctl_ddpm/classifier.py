@@ -29,7 +29,7 @@ FORMAT = "genctl_ddpm.classifier/1"
 
 
 class Classifier(nn.Module):
-    """Three strided conv stages, global average pooling, a linear head: logits N x classes."""
+    """Three conv stages (two strided), pooling to 4x4, a linear head: logits N x classes."""
 
     def __init__(self, channels: int, num_classes: int, width: int = 32) -> None:
         super().__init__()
@@ -42,10 +42,10 @@ class Classifier(nn.Module):
             *stage(channels, width, 1),
             *stage(width, 2 * width, 2),
             *stage(2 * width, 4 * width, 2),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(4),  # keeps where strokes are: a 1x1 pool learns far slower
             nn.Flatten(),
         )
-        self.head = nn.Linear(4 * width, num_classes)
+        self.head = nn.Linear(16 * 4 * width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

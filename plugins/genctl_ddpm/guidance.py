@@ -6,6 +6,9 @@ loss before the scheduler step (the "Guidance" section of the source documents):
 
     x_t <- x_t - guide_scale * grad_{x_t} sum_i loss_i(x0_hat(x_t))
 
+The push is applied at every step, so more steps steer harder; the default scales were chosen on
+the MNIST recipe's model with DDIM-50 (``color`` 0.1, ``classifier`` 0.05).
+
 Built in: ``color`` (MSE of the x_0 estimate to a target colour) and ``classifier`` (minus the
 log-probability a classifier checkpoint gives the chosen class). Other plugins add guidance
 functions with the ``genctl_register_guidance`` hook::
@@ -78,13 +81,11 @@ class GuidanceRegistry:
 def guidance_registry(manager: Any | None = None) -> GuidanceRegistry:
     """The built-in guides plus those every loaded plugin registers through the hook."""
     registry = GuidanceRegistry()
-    registry.add(
-        "color", make_color_guide, default_scale=20.0, description=color_loss.__doc__ or ""
-    )
+    registry.add("color", make_color_guide, default_scale=0.1, description=color_loss.__doc__ or "")
     registry.add(
         "classifier",
         make_classifier_guide,
-        default_scale=2.0,
+        default_scale=0.05,
         description=classifier_loss.__doc__ or "",
     )
     if manager is None:

@@ -62,7 +62,7 @@ class DiffusionSampler:
     ) -> Tensor:
         """``n`` images in [0, 1]; ``label`` (one class per image) overrides ``class``."""
         opts = options
-        self.check(opts, inputs)
+        self.check(opts, inputs, label)
         if inputs is not None:
             n = inputs.shape[0]
         scheduler = make_scheduler(opts.method, self.schedule)
@@ -134,9 +134,13 @@ class DiffusionSampler:
 
     # ---------------------------------------------------------------- checks and helpers
 
-    def check(self, opts: DDPMSampleOptions, inputs: Tensor | None) -> None:
+    def check(
+        self, opts: DDPMSampleOptions, inputs: Tensor | None, label: Tensor | None = None
+    ) -> None:
         """Options that are valid alone but not for this model or together: bad input."""
         given = opts.model_fields_set
+        if label is not None and not self.num_classes:
+            raise BadInput("labels given to a model that is not class-conditional")
         if opts.class_ is not None:
             if not self.num_classes:
                 raise BadInput(
@@ -148,7 +152,7 @@ class DiffusionSampler:
                     f"class={opts.class_} is out of range",
                     f"This model knows classes 0..{self.num_classes - 1}.",
                 )
-        elif "guidance" in given and opts.guidance != 1.0:
+        elif label is None and "guidance" in given and opts.guidance != 1.0:
             raise BadInput(
                 "guidance=... is classifier-free guidance toward a class", "Add class=N."
             )

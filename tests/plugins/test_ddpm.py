@@ -250,7 +250,7 @@ def test_color_guidance_moves_the_mean_colour_toward_the_target():
     _, _, sampler = make()
     target = torch.tensor([1.0, 0.0, 0.0])[None, :, None, None]
     plain = draw(sampler, n=4, steps=10)
-    guided = draw(sampler, n=4, steps=10, guide="color", color=[1.0, 0.0, 0.0])
+    guided = draw(sampler, n=4, steps=10, guide="color", color=[1.0, 0.0, 0.0], guide_scale=20.0)
     assert (guided.mean((0, 2, 3)) - target.flatten()).abs().sum() < 0.5 * (
         plain.mean((0, 2, 3)) - target.flatten()
     ).abs().sum()
