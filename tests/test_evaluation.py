@@ -180,6 +180,13 @@ def test_protocol_records_extractor_weights_hash_counts_size_and_version(
     assert len(p["eval.protocol"]) == 12
 
 
+def test_protocol_id_ignores_which_metrics_were_asked_but_not_the_counts(small_eval):
+    p = dict(small_eval.protocol)
+    fewer = {k: v for k, v in p.items() if not k.startswith(("eval.isc", "eval.prc", "eval.kid"))}
+    assert ev.protocol_id(fewer) == ev.protocol_id(p)
+    assert ev.protocol_id({**p, "eval.num_generated": "9"}) != ev.protocol_id(p)
+
+
 def test_repeated_evaluation_loads_real_statistics_from_the_cache(inception_weights, cache):
     gen, real = _images(4, seed=3), _images(4, seed=4)
     first = evaluate(_source(gen, real), ["kid"], weights=str(inception_weights), batch_size=4)

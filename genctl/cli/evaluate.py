@@ -144,6 +144,6 @@ def _log(run_id: str, uri: str | None, result, step: int) -> None:
     status = get_run(run_id, uri).status
     tracker = Tracker(experiment="", run_name="", uri=uri, run_id=run_id)
     try:
-        record(tracker, result, step, log_metrics=True)
+        record(tracker, result, step, on_demand=True)
     finally:
         tracker.finish(status)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,16 +201,34 @@ def _inception_metrics(inception, generated, real, protocol, notes) -> dict[str,
     return values
 
 
+# What makes two runs' numbers comparable. Per-metric settings (KID subsets, IS splits) follow
+# from the counts, so asking for more metrics does not change the id.
+PROTOCOL_KEYS = (
+    "eval.feature_extractor",
+    "eval.weights_sha256",
+    "eval.input_size",
+    "eval.torch_fidelity",
+    "eval.num_generated",
+    "eval.num_real",
+    "eval.real_fingerprint",
+    "eval.paired_metrics",
+)
+
+
 def protocol_id(protocol: dict[str, str]) -> str:
-    """A short hash of what makes numbers comparable: equal ids, comparable numbers."""
-    keys = sorted(k for k in protocol if k not in ("eval.protocol", "eval.real_set"))
-    blob = json.dumps({k: protocol[k] for k in keys}, sort_keys=True)
+    """A short hash of how the numbers were made: equal ids, comparable numbers."""
+    blob = json.dumps({k: protocol.get(k) for k in PROTOCOL_KEYS}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(
-        total=total, desc=desc, unit="img", leave=False, disable=not enabled, dynamic_ncols=True
+        total=total,
+        desc=desc,
+        unit="img",
+        leave=False,
+        disable=None if enabled else True,  # None: shown on a terminal, not in logs
+        dynamic_ncols=True,
     )
 
 
@@ -391,14 +410,18 @@ def evaluate_in_training(
     return result.metrics
 
 
-def record(tracker: Any, result: Evaluation, step: int, *, log_metrics: bool = False) -> None:
-    """Record the protocol as tags (and optionally the metrics) on an MLflow run via ``tracker``.
+def record(tracker: Any, result: Evaluation, step: int, *, on_demand: bool = False) -> None:
+    """Record an evaluation on an MLflow run via ``tracker`` (a :class:`genctl.tracking.Tracker`).
 
-    Tags hold the latest evaluation's protocol; ``evaluation/step-<step>.json`` keeps every
-    evaluation's numbers with their protocol, so a number is never separated from how it was made.
+    The protocol goes in tags (the latest evaluation's), and every evaluation's numbers, protocol
+    and notes in ``evaluation/step-<step>.json``, so a number never loses how it was made.
+    ``on_demand`` (``genctl evaluate``): also log the metrics (the trainer logs its own), and
+    stamp the file with the time, so it never replaces the training-time file of that step.
     """
-    if log_metrics:
+    name = f"step-{step:08d}"
+    if on_demand:
         tracker.log_metrics(result.logged(), step)
+        name += time.strftime("-evaluate-%Y%m%dT%H%M%S")
     tracker.set_tags(result.protocol)
     blob = json.dumps(
         {
@@ -409,4 +432,4 @@ def record(tracker: Any, result: Evaluation, step: int, *, log_metrics: bool = F
         },
         indent=2,
     )
-    tracker.write_artifact(f"evaluation/step-{step:08d}.json", lambda p: p.write_text(blob))
+    tracker.write_artifact(f"evaluation/{name}.json", lambda p: p.write_text(blob))

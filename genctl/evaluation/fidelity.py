@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch_fidelity
@@ -158,6 +157,8 @@ def write_standin_weights(path: str | Path, seed: int = 0) -> Path:
     For tests, benchmarks and offline smoke runs: the whole real code path runs, but the numbers
     mean nothing. Convolutions get He-normal weights so that features keep a useful scale.
     """
+    from unittest import mock
+
     # torch-fidelity's constructor always loads weights; build the bare architecture instead.
     with (
         mock.patch.object(_inception_module, "load_state_dict_from_url", lambda *a, **k: None),

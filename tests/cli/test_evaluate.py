@@ -63,6 +63,12 @@ def test_evaluate_run_logs_to_that_run_and_prints_a_table(cli, trained):
     assert run.tags["eval.num_generated"] == "4" and run.tags["eval.num_real"] == "4"
     assert run.tags["eval.weights_sha256"] == fidelity.file_sha256(fidelity.resolve_weights().path)
     assert run.status == "FINISHED"  # logging to a run does not change its status
+    saved = list(
+        (local_path(run.artifact_uri) / "evaluation").glob("step-00000002-evaluate-*.json")
+    )
+    assert (
+        json.loads(saved[0].read_text())["metrics"]["eval/kid_mean"] == run.metrics["eval/kid_mean"]
+    )
 
 
 def test_a_second_evaluation_uses_the_cached_real_statistics(cli, trained):
