@@ -46,6 +46,14 @@ PAIRED_METRICS = ("psnr", "ssim")  # one output against its own target
 METRICS = INCEPTION_METRICS + PAIRED_METRICS
 NEED_REAL = ("fid", "kid", "prc")
 PAIRED_TASKS = ("paired", "super_resolution")  # outputs with their own targets
+RESULT_KEYS = {  # metric -> the names it reports (logged as eval/<name>)
+    "fid": ("fid",),
+    "kid": ("kid_mean", "kid_std"),
+    "isc": ("isc_mean", "isc_std"),
+    "prc": ("precision", "recall"),
+    "psnr": ("psnr",),
+    "ssim": ("ssim",),
+}
 CACHE_FORMAT = 1  # bump when what is cached for a key changes
 
 
@@ -356,7 +364,8 @@ def _real_features(source, extractor, weights, device, batch_size, progress) -> 
 
 def check_ready(recipe: Any) -> None:
     """Fail before training starts, not at the first evaluation, when evaluation cannot run:
-    Inception weights missing offline, or PSNR/SSIM asked of a model without paired targets."""
+    Inception weights missing offline, PSNR/SSIM asked of a model without paired targets, or an
+    ``evaluate.best`` metric that no evaluation reports."""
     cfg = recipe.evaluate
     wanted = parse_metrics(cfg.metrics)
     if any(m in PAIRED_METRICS for m in wanted) and recipe.spec.task not in PAIRED_TASKS:
@@ -365,6 +374,15 @@ def check_ready(recipe: Any) -> None:
             f"{recipe.spec.task} model",
             "Use fid, kid, isc or prc for it (paired and super-resolution models get PSNR/SSIM).",
         )
+    if cfg.best:
+        names = [k for m in wanted for k in RESULT_KEYS[m]]
+        if recipe.spec.task in PAIRED_TASKS:  # always measured for paired outputs
+            names += [k for k in ("psnr", "ssim") if k not in names]
+        if cfg.best not in names:
+            raise BadInput(
+                f"evaluate.best: {cfg.best!r} is not measured; evaluate.metrics gives: {', '.join(names)}",
+                "Pick one of those, or add its metric to evaluate.metrics.",
+            )
     if any(m in INCEPTION_METRICS for m in wanted):
         from genctl.evaluation import fidelity
 

@@ -154,3 +154,15 @@ def test_training_with_evaluation_but_no_weights_offline_fails_before_it_starts(
     res = cli("train", write_recipe(workdir / "toy.yaml"), "evaluate.every=10", "--no-progress")
     _assert_bad_input(res, "GENCTL_INCEPTION_WEIGHTS")
     assert search_runs() == []  # no run was started
+
+
+def test_keeping_the_best_by_a_metric_that_is_not_measured_fails_before_training(cli, workdir):
+    res = cli(
+        "train",
+        write_recipe(workdir / "toy.yaml"),
+        "evaluate.every=2",
+        "evaluate.metrics=[kid]",
+        "evaluate.best=fid",
+        "--no-progress",
+    )
+    _assert_bad_input(res, "evaluate.best: 'fid' is not measured", "kid_mean")
