@@ -180,9 +180,10 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
                     tracker.log_metrics(last_metrics, step)
             if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
                 _log_grid(tracker, sampler, spec, preview, cfg, step, nets)
-            if recipe.evaluate.every and step % recipe.evaluate.every == 0:
+            if tracker and recipe.evaluate.every and step % recipe.evaluate.every == 0:
+                # rank 0 alone evaluates; the others wait for it at their next gradient all-reduce
                 scores = _evaluate(recipe, spec, {**nets, **ema}, sampler, step, device, tracker)
-                if tracker and scores:
+                if scores:
                     tracker.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step)
                     best = _keep_best(recipe, scores, best, step, save_checkpoint)
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
