@@ -38,6 +38,11 @@ class DDPMConfig(Schema):
                 f"norm_groups={self.norm_groups} does not divide the level widths {bad} "
                 f"(base_channels x channel_mults); pick a divisor of {self.base_channels}"
             )
+        bad = [w for w in widths if w % self.attention_heads]
+        if bad:
+            raise ValueError(
+                f"attention_heads={self.attention_heads} does not divide the widths {bad}"
+            )
         if any(m <= 0 for m in self.channel_mults):
             raise ValueError(f"channel_mults must be positive, got {self.channel_mults}")
         if self.beta_schedule == "linear" and self.beta_start >= self.beta_end:

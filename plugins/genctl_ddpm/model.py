@@ -38,15 +38,17 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, cout)
         self.norm2 = nn.GroupNorm(groups, cout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        # ``emb`` arrives through SiLU already (once for all blocks, see UNet.embed). The in-place
+        # adds are safe: a convolution's backward needs its input, not its output.
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
+        h += self.emb(emb)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return h.add_(self.skip(x))
 
 
 class SelfAttention(nn.Module):
@@ -54,19 +56,20 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, heads: int, groups: int) -> None:
         super().__init__()
-        if channels % heads:
-            raise ValueError(f"attention_heads={heads} must divide the width {channels}")
-        self.heads = heads
+        self.heads = heads  # DDPMConfig checks that it divides every width
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)  # one matmul for q, k and v
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)  # one matmul for q, k and v
+        self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each n x heads x hw x d
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # n x hw x c
+        # heads split so that each head's features are contiguous: the layout the fused
+        # (flash) attention kernels take; a strided layout falls back to the slow math path
+        qkv = self.qkv(tokens).view(n, h * w, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each n x heads x hw x d
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h * w, c)
+        return x + self.proj(out).transpose(1, 2).reshape(n, c, h, w)
 
 
 class UNet(nn.Module):
@@ -138,13 +141,13 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, channels, 3, padding=1)
 
     def embed(self, t: Tensor, label: Tensor | None) -> Tensor:
-        """The time embedding, plus the class embedding for a conditional net."""
+        """SiLU(time embedding + class embedding): what every residual block projects and adds."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
         if self.class_emb is not None:
             if label is None:
                 label = torch.full_like(t, self.num_classes, dtype=torch.long)
             emb = emb + self.class_emb(label)
-        return emb
+        return F.silu(emb)
 
     def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
         if t.dim() == 0:

@@ -160,9 +160,16 @@ def test_build_rejects_a_conditional_model_on_unlabelled_data():
         build_networks(DDPMConfig(**TINY, conditional=True), RGB)
 
 
-def test_config_rejects_norm_groups_that_do_not_divide_the_widths():
-    with pytest.raises(ValidationError, match="norm_groups"):
-        DDPMConfig(base_channels=24, norm_groups=16)
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"norm_groups": 16}, "norm_groups"),
+        ({"norm_groups": 8, "attention_heads": 5}, "attention_heads"),
+    ],
+)
+def test_config_rejects_groups_or_heads_that_do_not_divide_the_widths(settings, key):
+    with pytest.raises(ValidationError, match=key):
+        DDPMConfig(base_channels=24, **settings)
 
 
 # ---------------------------------------------------------------- the objective
