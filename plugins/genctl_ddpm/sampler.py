@@ -67,7 +67,9 @@ class DiffusionSampler:
             n = inputs.shape[0]
         scheduler = make_scheduler(opts.method, self.schedule)
         scheduler.set_timesteps(
-            opts.steps or (50 if opts.method == "ddim" else self.config.timesteps)
+            # DDIM's default of 50 steps cannot exceed a short schedule's T
+            opts.steps
+            or (min(50, self.config.timesteps) if opts.method == "ddim" else self.config.timesteps)
         )
         timesteps = scheduler.timesteps.tolist()
         device = self.device

@@ -414,3 +414,24 @@ def test_training_preview_of_a_conditional_model_has_one_row_per_class():
     batch = {"image": torch.zeros(24, 1, 8, 8), "label": torch.zeros(24, dtype=torch.long)}
     images, nrow = sampler.preview(batch, torch.Generator().manual_seed(0))
     assert nrow == 2 and images.shape == (20, 1, 8, 8)
+
+
+def test_default_ddim_sampling_works_with_fewer_than_50_timesteps(tmp_path, monkeypatch):
+    from genctl.data import load_dataset
+    from genctl.recipe import load, recipes_dir
+
+    monkeypatch.setenv("GENCTL_CACHE", str(tmp_path))
+    r = load(
+        recipes_dir() / "ddpm-mnist.yaml",
+        [
+            "model.timesteps=20",
+            "data.kind=shapes",
+            "data.channels=1",
+            "data.image_size=16",
+            "data.size=8",
+        ],
+    )
+    info = load_dataset(r.data).info
+    sampler = r.spec.sampler(r.model, r.spec.build(r.model, info), info)
+    images = sampler.sample(2, r.spec.sampler_options(), torch.Generator().manual_seed(0))
+    assert images.shape == (2, 1, 16, 16) and images.min() >= 0 and images.max() <= 1
