@@ -78,8 +78,11 @@ def mlflow_server(tmp_path):
             "--workers",
             "1",
         ],
+        # no background job runner: its workers would outlive the server
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: its workers are stopped with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
