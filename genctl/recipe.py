@@ -224,7 +224,13 @@ def validate(
     except ValidationError as exc:
         msg = format_validation_error(exc, spec.config, prefix=("model",))
         raise BadInput(where + msg, _fix_hint(path)) from None
-    return Recipe(base=base, model=model, spec=spec, path=path)
+    recipe = Recipe(base=base, model=model, spec=spec, path=path)
+    if spec.check_recipe is not None:
+        try:
+            spec.check_recipe(recipe)
+        except BadInput as exc:
+            raise BadInput(where + exc.message, exc.hint or _fix_hint(path)) from None
+    return recipe
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:

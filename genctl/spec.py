@@ -146,6 +146,10 @@ class ModelSpec:
     sampler: SamplerFn  # (config, nets, data_info) -> Sampler
     sampler_options: type[BaseModel] = NoOptions  # schema of `genctl sample ... key=value`
     takes_input: bool = False  # the sampler needs input images (--input)
+    # Optional rules between the model's config and the rest of the recipe (train.steps,
+    # data.image_size, evaluate.every): (recipe) -> None, raising genctl.errors.BadInput.
+    # Called whenever a recipe is validated, so `recipes validate` and `train --dry-run` see it.
+    check_recipe: Callable[[Any], None] | None = None
     description: str = ""
     paper: str = ""
     # Filled in by the registry from the package that registered the spec.

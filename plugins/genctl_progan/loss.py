@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from genctl.errors import BadInput
 from genctl.spec import DataInfo
 from genctl_progan.config import ProGANConfig
 from genctl_progan.model import downsample, upsample
@@ -53,6 +54,42 @@ class GrowthSchedule:
         """Steps until the final resolution is fully faded in and has had its stable phase."""
         growths = self.max_depth - self.start_depth
         return self.stable_steps + growths * (self.fade_steps + self.stable_steps)
+
+
+def check_recipe(recipe) -> None:
+    """Bad input when training would end, or evaluate, before the final resolution is reached.
+
+    A run shorter than the growth schedule would stop at a lower resolution, and its samples
+    and FID would be of blocky images; so would an evaluation before the last fade-in ends.
+    """
+    config, size = recipe.model, recipe.data.image_size
+    if size < 4 or size & (size - 1):
+        return  # build() reports the image size itself
+    max_depth = size.bit_length() - 3
+    start_depth = min(config.start_resolution.bit_length() - 3, max_depth)
+    growth = GrowthSchedule(start_depth, max_depth, config.stable_steps, config.fade_steps)
+    needed, growths = growth.total_steps(), max_depth - start_depth
+    phases = 1 + 2 * growths  # the first resolution, then a fade-in and a stable phase each
+    steps = recipe.train.steps
+    if steps < needed:
+        fit = max(steps // phases, 1)
+        raise BadInput(
+            f"train.steps={steps} ends before the growth schedule reaches {size}x{size}: "
+            f"{4 << start_depth}x{4 << start_depth} for model.stable_steps={config.stable_steps}, "
+            f"then {growths} resolution(s) x (model.fade_steps={config.fade_steps} + "
+            f"model.stable_steps={config.stable_steps}) need train.steps >= {needed}",
+            f"Set train.steps={needed}, or shorten the phases to fit {steps} steps "
+            f"(model.stable_steps={fit} model.fade_steps={fit}), or lower data.image_size.",
+        )
+    full = needed - config.stable_steps  # the step at which the final fade-in ends
+    every = recipe.evaluate.every
+    if every and every < full:
+        raise BadInput(
+            f"evaluate.every={every} would score images below {size}x{size}: the last "
+            f"resolution has faded in only at step {full}",
+            f"Set evaluate.every >= {full} (a divisor of train.steps={steps} keeps the last "
+            "evaluation at the end), or shorten the growth phases.",
+        )
 
 
 class ProGANObjective:

@@ -1,4 +1,8 @@
-"""Drawing images from a ProGAN generator at the growth stage it was last trained at."""
+"""Drawing images from a ProGAN generator at the growth stage it was last trained at.
+
+Below the final resolution the images come back at the resolution trained: never upsampled
+unless ``upsample=true`` asks for it, so a score of such images cannot pass for a full-size one.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from genctl.spec import DataInfo, Schema
 
 
 class ProGANSamplerOptions(Schema):
-    # Early in training the generator works below data.image_size; True upsamples its output
-    # (nearest neighbour, so the pixels stay visible) to data.image_size, False returns it as is.
-    upsample: bool = True
+    # During growth (training-time grids, a run stopped before its last fade-in) it draws below
+    # data.image_size; its images come back at that resolution unless this asks for a
+    # nearest-neighbour upsampling to data.image_size (same-size grids, pixels left visible).
+    upsample: bool = False
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -188,16 +188,42 @@ def test_gradient_penalty_is_zero_for_a_critic_with_unit_gradient_norm():
 # ---------------------------------------------------------------- sampler
 
 
-def test_sampler_is_deterministic_in_unit_range_and_upsampled_to_the_data_size():
+def test_sampler_below_the_final_size_returns_that_resolution_unless_asked_to_upsample():
     _, nets, objective = tiny()
-    objective.schedule(0)  # still at 4x4
+    objective.schedule(0)  # still at 4x4 of 16x16
     sampler = ProGANSampler(None, nets, DATA)
     a = sampler.sample(3, ProGANSamplerOptions(), torch.Generator().manual_seed(7))
     b = sampler.sample(3, ProGANSamplerOptions(), torch.Generator().manual_seed(7))
-    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b)
+    assert a.shape == (3, 3, 4, 4) and torch.equal(a, b)  # never silently upsampled
     assert a.min() >= 0 and a.max() <= 1
-    raw = sampler.sample(3, ProGANSamplerOptions(upsample=False), torch.Generator().manual_seed(7))
-    assert raw.shape == (3, 3, 4, 4)
+    big = sampler.sample(3, ProGANSamplerOptions(upsample=True), torch.Generator().manual_seed(7))
+    assert big.shape == (3, 3, 16, 16)
+    assert torch.equal(big, a.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3))
+
+
+def _recipe(**sections):
+    raw = {**RECIPE, **{k: {**RECIPE.get(k, {}), **v} for k, v in sections.items()}}
+    return validate(apply_overrides(raw, []))
+
+
+def test_train_steps_shorter_than_the_growth_schedule_is_bad_input_saying_the_steps_needed():
+    # 4 -> 16: stable 2, then 2 x (fade 4 + stable 2) = 14 steps to reach 16x16 and train it
+    with pytest.raises(BadInput) as err:
+        _recipe(model={"stable_steps": 2, "fade_steps": 4}, data={"image_size": 16})
+    msg = str(err.value)
+    assert "train.steps=8" in msg and "train.steps >= 14" in msg and "16x16" in msg
+    assert "model.stable_steps=1 model.fade_steps=1" in msg  # a schedule that fits 8 steps
+    ok = _recipe(
+        model={"stable_steps": 2, "fade_steps": 4}, data={"image_size": 16}, train={"steps": 14}
+    )
+    assert ok.train.steps == 14
+
+
+def test_evaluation_before_the_last_fade_in_ends_is_bad_input():
+    # 4 -> 8: the 8x8 fade-in ends at step 2 + 3 = 5; an evaluation at step 4 scores 4x4 blends
+    with pytest.raises(BadInput, match=r"evaluate.every=4 .* step 5"):
+        _recipe(evaluate={"every": 4, "metrics": ["fid"]})
+    assert _recipe(evaluate={"every": 8, "metrics": ["fid"]}).evaluate.every == 8
 
 
 def test_sampler_draws_from_the_ema_generator_when_there_is_one():
