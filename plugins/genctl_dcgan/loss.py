@@ -3,8 +3,8 @@
 * ``bce``: the GAN loss of Goodfellow et al. with the non-saturating generator loss
   (maximise log D(G(z)) rather than minimise log(1 - D(G(z)))), on logits for stability.
 * ``wgan``: Wasserstein GAN (Arjovsky et al. 2017). The critic maximises
-  E[D(real)] - E[D(fake)]; its weights are clipped to [-c, c] after each update, and it takes
-  ``n_critic`` steps per generator step.
+  E[D(real)] - E[D(fake)]; its weights are clipped to [-c, c] from the start and after each
+  update, and it takes ``n_critic`` steps per generator step.
 * ``wgan-gp``: WGAN with gradient penalty (Gulrajani et al. 2017): instead of clipping,
   lambda * (||grad D(x_hat)|| - 1)^2 on random mixes x_hat of real and fake images.
 """
@@ -28,6 +28,10 @@ class DCGANObjective:
         self.generator = nets["generator"]
         self.discriminator = nets["discriminator"]
         self.conditional = config.conditional
+        # WGAN's critic must be inside the clipping box from its first update on: the paper
+        # clips after every update, and freshly initialised weights (batch-norm scales of 1) are
+        # far outside [-c, c], so the first critic step would otherwise see an unclipped critic.
+        self.clip_critic()
 
     def schedule(self, step: int) -> list[str]:
         return ["d"] * self.config.n_critic + ["g"]
@@ -85,11 +89,16 @@ class DCGANObjective:
         return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
     @torch.no_grad()
-    def after_update(self, group: str, step: int) -> None:
-        if group == "d" and self.config.loss == "wgan":
+    def clip_critic(self) -> None:
+        """``wgan``: clip every critic weight to [-clip_value, clip_value]; other losses: nothing."""
+        if self.config.loss == "wgan":
             c = self.config.clip_value
             for p in self.discriminator.parameters():
                 p.clamp_(-c, c)
+
+    def after_update(self, group: str, step: int) -> None:
+        if group == "d":
+            self.clip_critic()
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # stateless: the schedule depends on the step alone

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from genctl_dcgan import DCGANConfig, DCGANObjective, DCGANSampler, DCGANSamplerOptions
@@ -128,10 +130,41 @@ def test_schedule_gives_n_critic_d_steps_then_one_g_step():
     assert make(loss="wgan-gp", n_critic=3)[2].schedule(0) == ["d", "d", "d", "g"]
 
 
+def test_wgan_critic_is_clipped_before_its_first_update():
+    torch.manual_seed(0)
+    config = DCGANConfig(**{**TINY, "loss": "wgan", "clip_value": 0.01})
+    nets = build(config, info())
+    critic = nets["discriminator"]
+    assert max(p.abs().max().item() for p in critic.parameters()) > 0.01  # N(0, 0.02) init
+    DCGANObjective(config, nets, info())
+    # the first critic loss already sees a critic inside [-c, c], as after every later update
+    assert max(p.abs().max().item() for p in critic.parameters()) <= 0.01
+    assert max(p.abs().max().item() for p in nets["generator"].parameters()) > 0.01  # G untouched
+
+
+def test_other_losses_leave_the_critic_as_initialised():
+    for loss in ("bce", "wgan-gp"):
+        torch.manual_seed(0)
+        config = DCGANConfig(**{**TINY, "loss": loss})
+        nets = build(config, info())
+        before = snapshot(nets["discriminator"])
+        DCGANObjective(config, nets, info())
+        assert not any(changed(before, nets["discriminator"]))
+
+
+def test_the_wgan_recipe_trains_with_the_papers_rmsprop_and_clipping():
+    from genctl.recipe import load
+
+    recipe = load(Path(__file__).parents[2] / "recipes" / "dcgan-mnist-wgan.yaml")
+    opt = recipe.train.optimizer
+    assert (recipe.model.loss, recipe.model.clip_value, recipe.model.n_critic) == ("wgan", 0.01, 5)
+    assert (opt.name, opt.lr, opt.momentum) == ("rmsprop", 5e-5, 0.0)
+    assert not recipe.train.optimizers  # no group overrides the paper's optimizer
+
+
 def test_wgan_clips_critic_weights_after_each_critic_update():
     config, nets, objective, _ = make(loss="wgan", clip_value=0.01)
     critic = nets["discriminator"]
-    assert max(p.abs().max().item() for p in critic.parameters()) > 0.01  # N(0, 0.02) init
     optimise(objective, nets, "d", batch(), lr=0.1)
     assert max(p.abs().max().item() for p in critic.parameters()) <= 0.01
     assert max(p.abs().max().item() for p in nets["generator"].parameters()) > 0.01  # G untouched
