@@ -85,6 +85,11 @@ class Objective(Protocol):
 
     Optional: ``after_update(group, step)`` runs after the optimizer step of ``group``
     (weight clipping for WGAN, say).
+
+    Optional: ``optimizer_settings(group, settings) -> settings`` adjusts the optimizer made for
+    ``group``: ``settings`` is the resolved ``train.optimizer`` (``train.optimizers.<group>``
+    applied) as a dict (``name``, ``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``);
+    the optimizer is built from the dict returned (StyleGAN2's lazy-regularization ratio).
     """
 
     groups: Mapping[str, Sequence[str]]

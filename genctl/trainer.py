@@ -83,7 +83,9 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
             net.compile()
     objective = spec.objective(config, nets, info)
     _check_groups(objective, nets)
-    optimizers = {g: _make_optimizer(cfg, g, nets, names) for g, names in objective.groups.items()}
+    optimizers = {
+        g: _make_optimizer(cfg, g, nets, names, objective) for g, names in objective.groups.items()
+    }
     group_params = {g: opt.param_groups[0]["params"] for g, opt in optimizers.items()}
     sampler = spec.sampler(config, {**nets, **ema}, info)
     step = 0
@@ -232,11 +234,15 @@ def _check_groups(objective, nets: dict[str, nn.Module]) -> None:
             )
 
 
-def _make_optimizer(cfg: TrainConfig, group: str, nets, names) -> torch.optim.Optimizer:
+def _make_optimizer(
+    cfg: TrainConfig, group: str, nets, names, objective=None
+) -> torch.optim.Optimizer:
     base = cfg.optimizer.model_dump()
     override = cfg.optimizers.get(group)
     if override:
         base.update({k: v for k, v in override.model_dump().items() if v is not None})
+    if hasattr(objective, "optimizer_settings"):  # lazy regularization corrects lr and betas, say
+        base = objective.optimizer_settings(group, dict(base))
     o = OptimizerConfig(**base)
     seen: set[int] = set()
     params = []

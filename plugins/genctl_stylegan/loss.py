@@ -1,8 +1,11 @@
 """The StyleGAN objective: non-saturating logistic loss, R1 penalty, style-mixing regularization.
 
 * Discriminator: softplus(D(fake)) + softplus(-D(real)) + gamma/2 * E||grad_x D(real)||^2 (R1,
-  Mescheder et al. 2018). With ``r1_every`` N > 1 the penalty is computed every N-th step only
-  and multiplied by N (lazy regularization, StyleGAN2), which costs far less.
+  Mescheder et al. 2018). With ``r1_every`` N > 1 the penalty is lazy (StyleGAN2, appendix B):
+  every N-th step it is a discriminator update of its own, multiplied by N, which costs far
+  less. The discriminator then takes N + 1 updates per N steps, so, as in StyleGAN2, its
+  optimizer is corrected by c = N / (N + 1): lr * c and Adam's betas ** c
+  (:meth:`StyleGANObjective.optimizer_settings`), keeping its time constants per image.
 * Generator: softplus(-D(fake)).
 * Style mixing (StyleGAN sec. 3.1): for a share ``style_mixing_prob`` of the generated images two
   latents are drawn and the styles switch from the first to the second at a random layer, so
@@ -37,9 +40,29 @@ class StyleGANObjective:
         self.config = config
         self.generator, self.discriminator = nets["generator"], nets["discriminator"]
         self.groups = {"d": ["discriminator"], "g": ["generator"]}
+        self._d_updates = 0
+
+    @property
+    def lazy_r1(self) -> bool:
+        return self.config.r1_gamma > 0 and self.config.r1_every > 1
 
     def schedule(self, step: int) -> list[str]:
+        self._d_updates = 0  # counts this step's "d" updates: the second is the lazy R1 one
+        if self.lazy_r1 and step % self.config.r1_every == 0:
+            return ["d", "d", "g"]
         return ["d", "g"]
+
+    def optimizer_settings(self, group: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """Lazy R1: the discriminator's lr * c and Adam's betas ** c, c = N / (N + 1)
+        (StyleGAN2 appendix B; ``mb_ratio`` of the official code)."""
+        if group != "d" or not self.lazy_r1:
+            return settings
+        c = self.config.r1_every / (self.config.r1_every + 1)
+        return {
+            **settings,
+            "lr": settings["lr"] * c,
+            "betas": tuple(b**c for b in settings["betas"]),
+        }
 
     def generate(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Fakes for training, with style mixing; also the first latents' w (for w_avg)."""
@@ -62,14 +85,21 @@ class StyleGANObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         real = batch["image"]
         if group == "d":
+            gamma, every = self.config.r1_gamma, self.config.r1_every
+            if self.lazy_r1:
+                self._d_updates = getattr(self, "_d_updates", 0) + 1
+                if self._d_updates == 2:  # the lazy R1 update of this step
+                    d_real, r1 = r1_penalty(self.discriminator, real)
+                    # d_real * 0 keeps every weight in the graph (a zero gradient, not none)
+                    loss = gamma / 2 * r1 * every + d_real.sum() * 0
+                    return loss, {"r1": r1.detach()}
             with torch.no_grad():
                 fake, _ = self.generate(len(real), real.device)
             d_fake = self.discriminator(fake)
-            gamma, every = self.config.r1_gamma, self.config.r1_every
             logs: dict[str, torch.Tensor] = {}
-            if gamma > 0 and step % every == 0:
+            if gamma > 0 and not self.lazy_r1:
                 d_real, r1 = r1_penalty(self.discriminator, real)
-                penalty = gamma / 2 * r1 * every
+                penalty = gamma / 2 * r1
                 logs["r1"] = r1.detach()
             else:
                 d_real, penalty = self.discriminator(real), 0.0

@@ -150,12 +150,53 @@ def test_discriminator_loss_with_r1_is_finite_and_reaches_every_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
-def test_lazy_r1_runs_every_nth_step_only():
+def test_lazy_r1_is_a_discriminator_update_of_its_own_every_nth_step():
+    config, nets = tiny(r1_every=4, r1_gamma=2.0)
+    objective = StyleGANObjective(config, nets, DATA)
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+    assert objective.schedule(9) == ["d", "g"]
+    assert "r1" not in objective.loss("d", batch, step=9)[1]
+    assert objective.schedule(8) == ["d", "d", "g"]  # N + 1 discriminator updates per N steps
+    assert "r1" not in objective.loss("d", batch, step=8)[1]  # the main update
+    loss, logs = objective.loss("d", batch, step=8)  # the R1 update, scaled by N
+    assert loss.item() == pytest.approx(2.0 / 2 * logs["r1"].item() * 4, rel=1e-5)
+
+
+def test_lazy_r1_corrects_the_discriminator_lr_and_adam_betas_by_n_over_n_plus_1():
     config, nets = tiny(r1_every=4)
     objective = StyleGANObjective(config, nets, DATA)
-    batch = {"image": torch.zeros(4, 3, 16, 16)}
-    assert "r1" in objective.loss("d", batch, step=8)[1]
-    assert "r1" not in objective.loss("d", batch, step=9)[1]
+    settings = {"name": "adam", "lr": 0.002, "betas": (0.0, 0.99), "eps": 1e-8}
+    d = objective.optimizer_settings("d", settings)
+    assert d["lr"] == pytest.approx(0.002 * 0.8)
+    assert d["betas"] == pytest.approx((0.0, 0.99**0.8)) and d["eps"] == 1e-8
+    assert objective.optimizer_settings("g", settings) == settings
+    eager = StyleGANObjective(*tiny(r1_every=1)[:2], DATA)  # R1 at every step: no extra update
+    assert eager.optimizer_settings("d", settings) == settings
+
+
+def test_the_trainer_builds_the_discriminator_optimizer_with_the_lazy_r1_correction(workdir):
+    from genctl import checkpoint
+    from genctl.recipe import apply_overrides, validate
+    from genctl.tracking import get_run, local_path
+    from genctl.trainer import train
+
+    raw = {
+        "name": "stylegan-lazy-r1",
+        "plugin": "stylegan",
+        "model": {**TINY, "r1_every": 4},
+        "data": {"kind": "shapes", "image_size": 8, "size": 16},
+        "train": {
+            "steps": 1,
+            "batch_size": 4,
+            "grid_size": 4,
+            "optimizer": {"lr": 0.002, "betas": [0.0, 0.99]},
+        },
+    }
+    result = train(validate(apply_overrides(raw, [])), progress=False)
+    ck = checkpoint.load(local_path(get_run(result.run_id).artifact_uri) / checkpoint.LAST)
+    d, g = (ck["optimizers"][k]["param_groups"][0] for k in ("d", "g"))
+    assert d["lr"] == pytest.approx(0.002 * 0.8) and d["betas"] == pytest.approx((0.0, 0.99**0.8))
+    assert g["lr"] == pytest.approx(0.002) and g["betas"] == pytest.approx((0.0, 0.99))
 
 
 def test_losses_compute_under_bf16_autocast_the_gpu_default():
