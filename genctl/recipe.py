@@ -149,26 +149,112 @@ class Recipe:
 # ---------------------------------------------------------------- loading and overrides
 
 
+MAX_YAML_BYTES = 10_000_000  # a recipe is a few kB; anything near this is not a recipe
+MAX_YAML_VALUES = 100_000  # values after aliases are expanded (a recipe holds a few hundred)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file; missing files and malformed YAML are bad input."""
+    """Read a recipe file; missing, binary, non-UTF-8 and malformed files are bad input."""
     p = Path(path)
+    if p.is_dir():
+        raise BadInput(
+            f"recipe {str(path)!r} is a folder, not a file",
+            "Give the path of a YAML recipe file; `genctl recipes list` shows the shipped ones.",
+        )
     if not p.is_file():
         raise BadInput(
             f"recipe file {str(path)!r} not found",
             "Give a path to a YAML recipe; `genctl recipes list` shows the shipped ones.",
         )
     try:
-        raw = yaml.safe_load(p.read_text())
+        with p.open("rb") as f:
+            data = f.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise BadInput(f"cannot read recipe {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise BadInput(
+            f"{path} is over {MAX_YAML_BYTES // 1_000_000} MB: not a recipe",
+            "Give the path of a YAML recipe file.",
+        )
+    return parse_yaml(data, str(path))
+
+
+def parse_yaml(data: bytes | str, where: str) -> dict[str, Any]:
+    """A recipe mapping from YAML text (UTF-8 bytes or str), every problem bad input."""
+    if isinstance(data, bytes):
+        if b"\0" in data:
+            raise BadInput(f"{where} is a binary file, not a YAML recipe", "Give a YAML text file.")
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise BadInput(
+                f"{where} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
+                "Save the recipe as UTF-8 (it may be in another encoding, or not a recipe at all).",
+            ) from None
+    raw = _safe_load(data, where)
+    if not isinstance(raw, dict):
+        raise BadInput(f"{where}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs and runaway nesting."""
+    try:
+        value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(f"{where}: malformed YAML{at}: {problem}", "Fix the YAML syntax.") from None
+    except RecursionError:
         raise BadInput(
-            f"{path}: malformed YAML{where}: {problem}", "Fix the YAML syntax."
+            f"{where}: the YAML is nested too deeply to be a recipe", "Fix the YAML."
         ) from None
-    if not isinstance(raw, dict):
-        raise BadInput(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
-    return raw
+    _check_expansion(value, where)
+    return value
+
+
+def _check_expansion(value: Any, where: str) -> None:
+    """Refuse YAML whose aliases expand to a huge or endless structure ("billion laughs").
+
+    ``safe_load`` shares one object for every ``*alias``, so the document is small in memory,
+    but anything that walks it (validation, error messages, logging params) visits every copy.
+    Sizes are counted once per shared object, so this check itself stays linear.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(x: Any) -> int:
+        if not isinstance(x, dict | list):
+            return 1
+        key = id(x)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise BadInput(
+                f"{where}: an alias (*name) refers to a value that contains it: the recipe "
+                "would be endless",
+                "Remove the self-referencing alias.",
+            )
+        open_.add(key)
+        n = 1 + sum(size(v) for v in (x.values() if isinstance(x, dict) else x))
+        open_.discard(key)
+        sizes[key] = n
+        if n > MAX_YAML_VALUES:
+            raise BadInput(
+                f"{where}: the YAML expands to over {MAX_YAML_VALUES:,} values through its "
+                'aliases (&name / *name): not a recipe (a "billion laughs" document?)',
+                "Write the values out, or use fewer nested aliases.",
+            )
+        return n
+
+    try:
+        size(value)
+    except RecursionError:
+        raise BadInput(
+            f"{where}: the YAML is nested too deeply to be a recipe", "Fix the YAML."
+        ) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -192,11 +278,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 "Write overrides as key.sub=value (e.g. train.steps=500) or ~key to remove one.",
             )
         key, _, text = item.partition("=")
+        keys = key.strip().split(".")
+        _check_override_key(item, keys)
         try:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
-        keys = key.strip().split(".")
+        except RecursionError:
+            raise BadInput(f"override {key}: the value is nested too deeply") from None
+        _check_expansion(value, f"override {key}")
         node = out
         for k in keys[:-1]:
             if not isinstance(node.get(k), dict):
@@ -204,6 +294,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node[k]
         node[keys[-1]] = value
     return out
+
+
+def _check_override_key(item: str, keys: list[str]) -> None:
+    """An override names a recipe section it can set: a typo there is the command line's,
+    not the recipe file's, so say so before validation blames the file."""
+    if not all(keys):
+        raise BadInput(
+            f"override {item!r} has an empty key",
+            "Write overrides as key.sub=value, e.g. train.steps=500.",
+        )
+    sections = list(RecipeBase.model_fields)
+    if keys[0] not in sections:
+        close = difflib.get_close_matches(keys[0], sections, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise BadInput(
+            f"override {item!r}: unknown recipe section {keys[0]!r}",
+            f"{hint}Sections: {', '.join(sections)}.",
+        )
 
 
 def validate(

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from genctl.errors import BadInput
-from genctl.recipe import apply_overrides, flatten, load, validate
+from genctl.recipe import apply_overrides, flatten, load, load_yaml, validate
 from tests import toy
 
 RAW = {
@@ -102,3 +102,89 @@ def test_flatten_gives_dotted_keys():
         "a.c.d": [1, 2],
         "e": {},
     }
+
+
+# ---------------------------------------------------------------- files that are not recipes
+
+
+def test_binary_recipe_file_is_bad_input(tmp_path):
+    p = tmp_path / "model.yaml"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(BadInput, match="binary file, not a YAML recipe"):
+        load(p)
+
+
+def test_recipe_in_another_encoding_names_the_byte_and_line(tmp_path):
+    p = tmp_path / "latin.yaml"
+    p.write_bytes("name: x\ndescription: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(BadInput, match=r"not UTF-8 text \(byte 0xe9 on line 2\)") as e:
+        load(p)
+    assert "UTF-8" in e.value.hint
+
+
+def test_utf8_recipe_with_a_byte_order_mark_loads(tmp_path):
+    p = tmp_path / "bom.yaml"
+    p.write_bytes("\ufeff".encode() + yaml.safe_dump(RAW).encode())
+    assert load_yaml(p) == RAW
+
+
+def test_recipe_path_that_is_a_folder(tmp_path):
+    with pytest.raises(BadInput, match="is a folder, not a file"):
+        load(tmp_path)
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    """Nine aliases of nine aliases ...: 9**levels strings from a few hundred bytes."""
+    items = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        items.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "[" + ", ".join(items) + "]"
+
+
+def test_billion_laughs_is_refused_before_anything_walks_it(tmp_path):
+    # the bomb sits where validation prints the bad value: it used to run out of memory
+    p = tmp_path / "bomb.yaml"
+    p.write_text(
+        "name: x\nplugin: toy\ndata: {kind: shapes}\nmodel: {latent: " + _billion_laughs() + "}\n"
+    )
+    with pytest.raises(BadInput, match="expands to over 100,000 values through its aliases"):
+        load_yaml(p)
+
+
+def test_a_few_aliases_are_fine(tmp_path):
+    p = tmp_path / "anchors.yaml"
+    p.write_text(
+        "name: x\nplugin: toy\ndata: {kind: shapes}\n"
+        "train: {optimizer: &opt {lr: 0.001}, optimizers: {g: *opt, d: *opt}}\n"
+    )
+    assert load_yaml(p)["train"]["optimizers"]["d"] == {"lr": 0.001}
+
+
+def test_self_referencing_alias_is_bad_input(tmp_path):
+    p = tmp_path / "loop.yaml"
+    p.write_text("name: x\nplugin: toy\ndata: {kind: shapes}\nmodel: &m {latent: 3, again: *m}\n")
+    with pytest.raises(BadInput, match="endless"):
+        load_yaml(p)
+
+
+def test_runaway_nesting_is_bad_input(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("name: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BadInput, match="nested too deeply"):
+        load(p)
+
+
+def test_billion_laughs_in_an_override_is_refused():
+    with pytest.raises(BadInput, match="override model.latent: the YAML expands"):
+        apply_overrides(RAW, ["model.latent=" + _billion_laughs()])
+
+
+def test_override_of_an_unknown_section_blames_the_override():
+    with pytest.raises(BadInput, match=r"override 'trian.steps=5': unknown recipe section") as e:
+        apply_overrides(RAW, ["trian.steps=5"])
+    assert "did you mean 'train'" in e.value.hint
+
+
+def test_override_with_an_empty_key_part():
+    with pytest.raises(BadInput, match="empty key"):
+        apply_overrides(RAW, ["train..steps=5"])

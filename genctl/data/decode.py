@@ -55,7 +55,13 @@ class Decoder:
 
     def open(self, source: Source, rel: str) -> Image.Image:
         try:
-            img = Image.open(io.BytesIO(source.read(rel)))
+            data = source.read(rel)
+            if not data:
+                raise BadInput(
+                    f"cannot read image {source.where(rel)}: the file is empty (0 bytes)",
+                    "Remove or replace the file (an interrupted copy or download?).",
+                )
+            img = Image.open(io.BytesIO(data))
             w, h = img.size
             if self.halves and w != 2 * h:
                 raise BadInput(
@@ -70,6 +76,8 @@ class Decoder:
         except BadInput:
             raise
         except Exception as exc:  # PIL raises many kinds for a damaged file
+            if isinstance(exc, Image.UnidentifiedImageError):  # its text names a BytesIO object
+                exc = "not an image format Pillow knows (or the start of the file is damaged)"
             raise BadInput(
                 f"cannot read image {source.where(rel)}: {exc}",
                 "Remove or replace the file (is it truncated or not an image?).",

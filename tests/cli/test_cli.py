@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from genctl import checkpoint
@@ -166,6 +168,73 @@ def test_bad_seeds(cli, trained):
 def test_recipes_validate_reports_errors(cli, workdir):
     bad = write_recipe(workdir / "bad.yaml", {**TOY_RECIPE, "train": {"steps": -1}})
     _assert_bad_input(cli("recipes", "validate", bad), "train.steps")
+
+
+def test_binary_recipe_file(cli, workdir):
+    (workdir / "model.yaml").write_bytes(bytes(range(256)) * 4)
+    _assert_bad_input(cli("train", workdir / "model.yaml"), "binary file, not a YAML recipe")
+
+
+def test_recipe_in_latin1(cli, workdir):
+    (workdir / "r.yaml").write_bytes("name: caf\xe9\nplugin: toy\n".encode("latin-1"))
+    _assert_bad_input(
+        cli("train", workdir / "r.yaml"), "not UTF-8 text", "Save the recipe as UTF-8"
+    )
+
+
+def test_recipe_path_that_is_a_folder(cli, workdir):
+    _assert_bad_input(cli("train", workdir), "is a folder, not a file")
+
+
+def test_billion_laughs_recipe(cli, workdir):
+    # 9**9 strings behind 9 nested aliases: validating model.latent used to run out of memory
+    items = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = workdir / "bomb.yaml"
+    latent = "[" + ", ".join(items) + "]"
+    bomb.write_text("name: x\nplugin: toy\ndata: {kind: shapes}\nmodel: {latent: " + latent + "}\n")
+    _assert_bad_input(cli("train", bomb, "--dry-run"), "expands to over", "aliases")
+
+
+def test_override_of_an_unknown_section_names_the_override(cli, workdir):
+    res = cli("train", write_recipe(workdir / "t.yaml"), "trian.steps=5", "--dry-run")
+    _assert_bad_input(res, "override 'trian.steps=5'", "unknown recipe section 'trian'", "'train'")
+
+
+def test_override_of_an_unknown_section_when_resuming(cli, trained):
+    _assert_bad_input(cli("train", "--resume", trained, "trian.steps=5"), "unknown recipe section")
+
+
+def test_file_that_is_not_a_checkpoint(cli, workdir):
+    (workdir / "notes.pt").write_text("hello, these are my notes")
+    for command in (["train", "--resume"], ["sample", "--checkpoint"]):
+        res = cli(*command, workdir / "notes.pt")
+        _assert_bad_input(res, "notes.pt", "not a readable genctl checkpoint")
+
+
+def test_image_folder_of_zero_byte_files(cli, workdir):
+    folder = workdir / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"")
+    raw = {**TOY_RECIPE, "data": {"kind": "images", "root": str(folder), "image_size": 8}}
+    res = cli("train", write_recipe(workdir / "t.yaml", raw), "--no-progress")
+    _assert_bad_input(res, "0.png", "empty (0 bytes)")
+    assert "BytesIO" not in res.output
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_image_folder_of_truncated_files(cli, workdir, suffix):
+    folder = workdir / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+        data = (folder / f"{i}{suffix}").read_bytes()
+        (folder / f"{i}{suffix}").write_bytes(data[: len(data) // 2])
+    raw = {**TOY_RECIPE, "data": {"kind": "images", "root": str(folder), "image_size": 8}}
+    res = cli("train", write_recipe(workdir / "t.yaml", raw), "--no-progress")
+    _assert_bad_input(res, f"{suffix}", "truncated")
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,28 @@ def test_truncated_jpeg_is_named(tmp_path):
         load(kind="images", root=str(tmp_path), image_size=8)
 
 
+def test_zero_byte_image_is_named_as_empty(tmp_path):
+    write_image(tmp_path / "good.png", noise_image(0))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(BadInput, match=r"cannot read image .*empty\.png: the file is empty") as err:
+        load(kind="images", root=str(tmp_path), image_size=8)
+    assert "interrupted copy" in err.value.hint
+
+
+def test_unidentified_image_message_names_no_python_object(tmp_path):
+    (tmp_path / "noise.png").write_bytes(b"definitely not an image")
+    with pytest.raises(BadInput, match=r"noise\.png: not an image format Pillow knows") as err:
+        load(kind="images", root=str(tmp_path), image_size=8)
+    assert "BytesIO" not in str(err.value)
+
+
+def test_truncated_png_is_named(tmp_path):
+    path = write_image(tmp_path / "cut.png", noise_image(0, 64, 64))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(BadInput, match=r"cannot read image .*cut\.png: image file is truncated"):
+        load(kind="images", root=str(tmp_path), image_size=8)
+
+
 def test_corrupt_image_inside_a_zip_is_named(tmp_path):
     archive = tmp_path / "set.zip"
     with zipfile.ZipFile(archive, "w") as zf:
