@@ -86,6 +86,11 @@ class Objective(Protocol):
     Optional: ``after_update(group, step)`` runs after the optimizer step of ``group``
     (weight clipping for WGAN, say).
 
+    Optional: ``grad_scaler``. An objective that declares this attribute (``grad_scaler = None``)
+    is given the trainer's ``torch.amp.GradScaler`` before training; it is enabled under
+    ``precision: fp16``. Gradient penalties take their input gradients through
+    :func:`penalty_gradients` with it, as PyTorch's AMP examples prescribe.
+
     Optional: ``optimizer_settings(group, settings) -> settings`` adjusts the optimizer made for
     ``group``: ``settings`` is the resolved ``train.optimizer`` (``train.optimizers.<group>``
     applied) as a dict (``name``, ``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``);
@@ -132,6 +137,31 @@ class Sampler(Protocol):
         generator: torch.Generator,
         inputs: Tensor | None = None,
     ) -> Tensor: ...
+
+
+def penalty_gradients(outputs: Tensor, inputs: Tensor, scaler: Any = None) -> Tensor:
+    """The gradient of ``outputs.sum()`` with respect to ``inputs``, with a graph, for gradient
+    penalties (WGAN-GP, R1). Returned in float32.
+
+    Under ``precision: fp16`` the trainer scales the loss (its ``GradScaler``, the objective's
+    ``grad_scaler``) so that small gradients do not underflow in half precision. A penalty's
+    own ``autograd.grad`` needs the same care (PyTorch AMP examples, "Gradient penalty"): the
+    outputs are scaled before the gradient is taken and the gradient unscaled after. The
+    unscaling multiplies by the scale's inverse on the device, with no host sync. The scaled
+    quantity is the outputs' mean, so each output's gradient is scale / N, as in a loss averaged
+    over the batch (a sum would overflow float16 at the default scale of 2^16 with any batch).
+    Without a scaler, or with a disabled one, this is the plain gradient.
+    """
+    import torch
+
+    if scaler is None or not scaler.is_enabled():
+        (grad,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
+        return grad.float()
+    n = outputs.numel()
+    scale = scaler.scale(torch.ones((), device=outputs.device))  # a device tensor
+    scaled = scaler.scale(outputs.float().sum() / n)
+    (grad,) = torch.autograd.grad(scaled, inputs, create_graph=True)
+    return grad.float() * (n / scale)
 
 
 BuildFn = Callable[[Any, DataInfo], "dict[str, nn.Module]"]

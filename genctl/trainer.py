@@ -104,6 +104,8 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
         else nullcontext()
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if hasattr(objective, "grad_scaler"):  # gradient penalties scale their own autograd.grad
+        objective.grad_scaler = scaler
 
     tracker = _start_tracking(recipe, spec, run_id) if dist.rank == 0 else None
     run_id = tracker.run_id if tracker else run_id

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genctl.spec import DataInfo
+from genctl.spec import DataInfo, penalty_gradients
 
 
 class DCGANObjective:
     groups = {"d": ["discriminator"], "g": ["generator"]}
+    grad_scaler = None  # set by the trainer: fp16 loss scaling for the gradient penalty
 
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.config = config
@@ -85,7 +86,7 @@ class DCGANObjective:
         eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
         mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
         score = self.discriminator(mixed, labels)
-        (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
+        grad = penalty_gradients(score, mixed, self.grad_scaler)
         return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
     @torch.no_grad()

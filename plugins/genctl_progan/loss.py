@@ -14,16 +14,20 @@ import torch
 from torch import nn
 
 from genctl.errors import BadInput
-from genctl.spec import DataInfo
+from genctl.spec import DataInfo, penalty_gradients
 from genctl_progan.config import ProGANConfig
 from genctl_progan.model import downsample, upsample
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, **kwargs) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al. 2017): (||grad critic(x_hat)|| - 1)^2 on real/fake mixtures."""
+def gradient_penalty(
+    critic, real: torch.Tensor, fake: torch.Tensor, scaler=None, **kwargs
+) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): (||grad critic(x_hat)|| - 1)^2 on real/fake mixtures.
+    ``scaler``: the trainer's GradScaler (fp16 loss scaling of the gradient, see
+    ``genctl.spec.penalty_gradients``)."""
     eps = torch.rand(len(real), 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = torch.lerp(real, fake.to(real.dtype), eps).requires_grad_(True)  # fake may be bf16
-    (grad,) = torch.autograd.grad(critic(x_hat, **kwargs).sum(), x_hat, create_graph=True)
+    grad = penalty_gradients(critic(x_hat, **kwargs), x_hat, scaler)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
@@ -93,6 +97,8 @@ def check_recipe(recipe) -> None:
 
 
 class ProGANObjective:
+    grad_scaler = None  # set by the trainer: fp16 loss scaling for the gradient penalty
+
     def __init__(self, config: ProGANConfig, nets: dict[str, nn.Module], data: DataInfo):
         self.config = config
         self.generator, self.critic = nets["generator"], nets["critic"]
@@ -153,7 +159,7 @@ class ProGANObjective:
                 fake = self._fake(len(real), real.device)
             d_real = self.critic(real, **stage)
             d_fake = self.critic(fake, **stage)
-            gp = gradient_penalty(self.critic, real, fake, **stage)
+            gp = gradient_penalty(self.critic, real, fake, self.grad_scaler, **stage)
             drift = d_real.float().pow(2).mean()
             loss = (
                 d_fake.mean()

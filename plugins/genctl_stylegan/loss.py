@@ -22,20 +22,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genctl.spec import DataInfo
+from genctl.spec import DataInfo, penalty_gradients
 from genctl_stylegan.config import StyleGANConfig
 from genctl_stylegan.model import mix_styles
 
 
-def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's scores on ``real`` and the R1 penalty E||grad_x D(x)||^2 at those images."""
+def r1_penalty(
+    discriminator: nn.Module, real: torch.Tensor, scaler=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's scores on ``real`` and the R1 penalty E||grad_x D(x)||^2 at those images.
+    ``scaler``: the trainer's GradScaler (fp16 loss scaling of the gradient, see
+    ``genctl.spec.penalty_gradients``)."""
     real = real.detach().requires_grad_(True)
     scores = discriminator(real)
-    (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
-    return scores, grad.float().pow(2).flatten(1).sum(dim=1).mean()
+    grad = penalty_gradients(scores, real, scaler)
+    return scores, grad.pow(2).flatten(1).sum(dim=1).mean()
 
 
 class StyleGANObjective:
+    grad_scaler = None  # set by the trainer: fp16 loss scaling for the R1 penalty
+
     def __init__(self, config: StyleGANConfig, nets: dict[str, nn.Module], data: DataInfo):
         self.config = config
         self.generator, self.discriminator = nets["generator"], nets["discriminator"]
@@ -89,7 +95,7 @@ class StyleGANObjective:
             if self.lazy_r1:
                 self._d_updates = getattr(self, "_d_updates", 0) + 1
                 if self._d_updates == 2:  # the lazy R1 update of this step
-                    d_real, r1 = r1_penalty(self.discriminator, real)
+                    d_real, r1 = r1_penalty(self.discriminator, real, self.grad_scaler)
                     # d_real * 0 keeps every weight in the graph (a zero gradient, not none)
                     loss = gamma / 2 * r1 * every + d_real.sum() * 0
                     return loss, {"r1": r1.detach()}
@@ -98,7 +104,7 @@ class StyleGANObjective:
             d_fake = self.discriminator(fake)
             logs: dict[str, torch.Tensor] = {}
             if gamma > 0 and not self.lazy_r1:
-                d_real, r1 = r1_penalty(self.discriminator, real)
+                d_real, r1 = r1_penalty(self.discriminator, real, self.grad_scaler)
                 penalty = gamma / 2 * r1
                 logs["r1"] = r1.detach()
             else:

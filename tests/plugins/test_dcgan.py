@@ -15,6 +15,7 @@ from genctl.errors import BadInput
 from genctl.plugins import get_spec
 from genctl.recipe import validate
 from genctl.spec import DataInfo
+from tests.plugins.penalty import UnderflowCritic, fp16, fp16_scaler
 
 TINY = {"latent_dim": 8, "g_width": 4, "d_width": 4}
 
@@ -207,6 +208,43 @@ def test_gradient_penalty_measures_the_critics_gradient_norm(norm, penalty):
     b = batch()
     gp = objective.gradient_penalty(b["image"], torch.zeros_like(b["image"]), None)
     assert gp.item() == pytest.approx(penalty, abs=1e-4)
+
+
+def test_gradient_penalty_under_fp16_uses_the_trainers_loss_scale():
+    _, _, objective, _ = make(loss="wgan-gp")
+    objective.discriminator = UnderflowCritic(16 * 16)  # input gradient 1e-4 per pixel
+    real, fake = batch()["image"], torch.rand(8, 1, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    exact = objective.gradient_penalty(real, fake, None)  # float32
+    assert exact.item() == pytest.approx((1 - 16 * 1e-4) ** 2, rel=1e-5)  # ||grad|| = 1.6e-3
+    objective.grad_scaler = fp16_scaler()  # what the trainer gives under precision: fp16
+    torch.manual_seed(0)
+    with fp16():
+        gp = objective.gradient_penalty(real, fake, None)
+    assert gp.item() == pytest.approx(exact.item(), abs=1e-5)  # unscaled, the gradient was 0: 1.0
+
+
+def test_the_trainer_gives_the_objective_its_grad_scaler_under_fp16(workdir, monkeypatch):
+    from genctl.trainer import train
+
+    class Seen(Exception):
+        pass
+
+    def spy(self, real, fake, labels):
+        raise Seen(self.grad_scaler)  # stop at the first penalty: only the wiring is tested
+
+    monkeypatch.setattr(DCGANObjective, "gradient_penalty", spy)
+    raw = {
+        "name": "dcgan-fp16",
+        "plugin": "dcgan",
+        "model": {**TINY, "loss": "wgan-gp", "n_critic": 1},
+        "data": {"kind": "shapes", "image_size": 16, "channels": 1, "size": 16},
+        "train": {"steps": 1, "batch_size": 4, "grid_size": 4, "precision": "fp16"},
+    }
+    with pytest.raises(Seen) as seen:
+        train(validate(raw), progress=False)
+    scaler = seen.value.args[0]
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
 
 
 def test_wgan_gp_critic_loss_is_minus_wasserstein_plus_weighted_penalty():

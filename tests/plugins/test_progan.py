@@ -21,6 +21,7 @@ from genctl.plugins import get_spec
 from genctl.recipe import apply_overrides, validate
 from genctl.sampling import parse_options
 from genctl.spec import DataInfo
+from tests.plugins.penalty import UnderflowCritic, fp16, fp16_scaler
 
 TINY = {"latent_dim": 8, "channel_base": 64, "max_channels": 8, "stable_steps": 2, "fade_steps": 4}
 DATA = DataInfo("unconditional", channels=3, image_size=16)
@@ -171,6 +172,20 @@ def test_losses_compute_under_bf16_autocast_the_gpu_default():
             loss, _ = objective.loss(group, batch, 3)
         loss.backward()
         assert torch.isfinite(loss), group
+
+
+def test_gradient_penalty_under_fp16_uses_the_trainers_loss_scale():
+    _, _, objective = tiny()
+    objective.critic = UnderflowCritic(3 * 4 * 4)  # at 4x4; input gradient 1e-4 per pixel
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+    torch.manual_seed(0)
+    exact = objective.loss("d", batch, 0)[1]["gp"]
+    assert exact.item() == pytest.approx((1 - math.sqrt(48) * 1e-4) ** 2, rel=1e-5)
+    objective.grad_scaler = fp16_scaler()  # what the trainer gives under precision: fp16
+    torch.manual_seed(0)
+    with fp16():
+        gp = objective.loss("d", batch, 0)[1]["gp"]
+    assert gp.item() == pytest.approx(exact.item(), abs=1e-5)  # unscaled, the gradient was 0: 1.0
 
 
 def test_gradient_penalty_is_zero_for_a_critic_with_unit_gradient_norm():

@@ -13,6 +13,7 @@ from genctl.errors import BadInput
 from genctl.plugins import get_spec
 from genctl.sampling import parse_options
 from genctl.spec import DataInfo
+from tests.plugins.penalty import UnderflowCritic, fp16, fp16_scaler
 
 TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 64, "max_channels": 8}
 DATA = DataInfo("unconditional", channels=3, image_size=16)  # 3 resolutions: 6 style layers
@@ -148,6 +149,19 @@ def test_discriminator_loss_with_r1_is_finite_and_reaches_every_parameter():
     assert torch.isfinite(loss) and torch.isfinite(logs["r1"]) and logs["r1"] > 0
     for name, p in nets["discriminator"].named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_r1_under_fp16_uses_the_trainers_loss_scale():
+    config, nets = tiny(r1_gamma=2.0)
+    objective = StyleGANObjective(config, nets, DATA)
+    objective.discriminator = UnderflowCritic(3 * 16 * 16)  # input gradient 1e-4 per pixel
+    batch = {"image": torch.rand(4, 3, 16, 16) * 2 - 1}
+    exact = 3 * 16 * 16 * 1e-8  # R1 = ||grad||^2
+    assert objective.loss("d", batch, 0)[1]["r1"].item() == pytest.approx(exact, rel=1e-5)
+    objective.grad_scaler = fp16_scaler()  # what the trainer gives under precision: fp16
+    with fp16():
+        r1 = objective.loss("d", batch, 0)[1]["r1"]
+    assert r1.item() == pytest.approx(exact, rel=1e-2)  # unscaled, the gradient was 0: R1 = 0
 
 
 def test_lazy_r1_is_a_discriminator_update_of_its_own_every_nth_step():
