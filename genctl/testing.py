@@ -39,7 +39,12 @@ own ``model.*`` overrides to shrink its networks) and checks:
 ``sampler``
     ``sample()`` returns N x C x H x W images in [0, 1]; the same seed gives the same images
     whatever the global random state, and (for samplers without input) another seed others.
-    ``preview()`` and ``eval_images()``, when present, keep the same rules.
+    ``preview()``, when present, keeps the same rules.
+``labels``
+    a class-conditional sampler (``num_classes`` > 0) draws exactly the labels it is given:
+    with the same seed, labels of all 0 and of all 1 give different images, and image i does not
+    change when only other images' labels do; ``class=N`` without labels draws what labels of
+    all N draw. Samplers without classes pass as they are.
 
 A failed check raises :class:`ContractError` (an ``AssertionError``) saying what is wrong.
 """
@@ -62,7 +67,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from genctl.spec import BATCH_KEYS, DataInfo, ModelSpec, Sampler
+from genctl.spec import BATCH_KEYS, CLASS_OPTION, DataInfo, ModelSpec, Sampler, sampler_classes
 
 TINY = ["data.image_size=16", "train.batch_size=4", "train.device=cpu"]
 """What the kit overrides in every recipe before the plugin's own overrides."""
@@ -379,7 +384,7 @@ def check_checkpoint(c: Contract) -> None:
 
 
 def check_sampler(c: Contract) -> None:
-    """Shape, range and determinism of sample(), preview() and eval_images()."""
+    """Shape, range and determinism of sample() and preview()."""
     nets = c.build()
     sampler = c.sampler(nets)
     with torch.no_grad():
@@ -403,18 +408,68 @@ def check_sampler(c: Contract) -> None:
                 raise ContractError(
                     f"{c.name}: preview() must return (images, nrow >= 1), got nrow={nrow!r}"
                 )
-        if hasattr(sampler, "eval_images"):
-            batches = list(sampler.eval_images(5, 2, torch.Generator().manual_seed(0)))
-            for images in batches:
-                _check_images(c, images, "eval_images()", n=None)
-                if len(images) > 2:
-                    raise ContractError(
-                        f"{c.name}: eval_images(5, batch_size=2) yielded a batch of {len(images)}"
-                    )
-            if sum(len(b) for b in batches) != 5:
-                raise ContractError(
-                    f"{c.name}: eval_images(5, ...) yielded {sum(len(b) for b in batches)} images"
-                )
+
+
+def check_labels(c: Contract) -> None:
+    """A class-conditional sampler draws exactly the labels genctl gives it; ``class=N`` too.
+
+    genctl balances the classes of an evaluation and of ``--seeds`` by the labels it passes, so
+    a sampler that ignores them (or cycles classes itself) would be scored on the wrong classes.
+    """
+    nets = c.build()
+    sampler = c.sampler(nets)
+    k = sampler_classes(sampler)
+    if k == 0 or c.spec.takes_input:
+        return  # no classes to draw
+    if k < 2:
+        raise ContractError(f"{c.name}: num_classes={k}; a class-conditional model has 2 or more")
+    options = c.spec.sampler_options()
+
+    def draw(labels: torch.Tensor, opts: Any = options) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        try:
+            with torch.no_grad():
+                return sampler.sample(len(labels), opts, gen, labels=labels.clone())
+        except TypeError as exc:
+            if "labels" not in str(exc):
+                raise
+            raise ContractError(
+                f"{c.name}: the sampler has num_classes={k} but sample() takes no labels=: {exc}"
+            ) from None
+
+    # One class for all, then another: a sampler that ignores its labels draws the same images.
+    # Up to 16 images, as a label may change no pixel of a discrete sampler's untrained draws.
+    for n in (4, 16):
+        zeros = draw(torch.zeros(n, dtype=torch.long))
+        _check_images(c, zeros, "sample(labels=...)", n=n)
+        if not torch.allclose(zeros, draw(torch.ones(n, dtype=torch.long)), atol=1e-5):
+            break
+    else:
+        raise ContractError(
+            f"{c.name}: sample() draws the same images for labels of all 0 and of all 1; it "
+            "must draw the labels it is given (image i of class labels[i]), not classes of its own"
+        )
+    # Half the images change class: the others must not change (image i follows labels[i]).
+    base = torch.arange(4) % k
+    moved = torch.where(torch.arange(4) % 2 == 0, (base + 1) % k, base)
+    a, b = draw(base), draw(moved)
+    for i in (1, 3):
+        if not torch.allclose(a[i], b[i], atol=1e-5):
+            raise ContractError(
+                f"{c.name}: image {i} keeps class {int(base[i])} but changes when other images' "
+                "labels change; draw image i of class labels[i], from its own noise"
+            )
+    fields = c.spec.sampler_options.model_fields
+    if not any(CLASS_OPTION in (name, f.alias) for name, f in fields.items()):
+        return
+    chosen = c.spec.sampler_options.model_validate({CLASS_OPTION: 1})
+    with torch.no_grad():
+        picked = sampler.sample(4, chosen, torch.Generator().manual_seed(0))
+    if not torch.allclose(picked, draw(torch.ones(4, dtype=torch.long)), atol=1e-5):
+        raise ContractError(
+            f"{c.name}: {CLASS_OPTION}=1 draws other images than labels of all 1; without "
+            "labels, sample() must draw the class option's class for every image"
+        )
 
 
 CHECKS: dict[str, Callable[[Contract], None]] = {
@@ -422,6 +477,7 @@ CHECKS: dict[str, Callable[[Contract], None]] = {
     "training_step": check_training_step,
     "checkpoint": check_checkpoint,
     "sampler": check_sampler,
+    "labels": check_labels,
 }
 """Every check by name, for ``pytest.mark.parametrize``."""
 

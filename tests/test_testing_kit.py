@@ -10,12 +10,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from torch import nn
 
 from genctl import testing
 from genctl.data import DataConfig, Loader, load_dataset
-from genctl.spec import BATCH_KEYS, Schema
+from genctl.spec import BATCH_KEYS, Schema, labels_to_draw
 from genctl.testing import ContractError
 from tests import toy
 
@@ -242,3 +242,87 @@ class CroppedSampler(toy.ToySampler):
 
 def test_sampler_of_the_wrong_size_fails():
     fails("sampler", replace(toy.SPEC, sampler=CroppedSampler), r"shape \(3, 3, 8, 8\)")
+
+
+# ---------------------------------------------------------------- labels of class-conditional samplers
+
+
+class ClassOptions(Schema):
+    model_config = Schema.model_config | {"populate_by_name": True}
+
+    scale: float = 1.0
+    class_: int | None = Field(None, alias="class", ge=0)
+
+
+class LabelledSampler(toy.ToySampler):
+    """Keeps the contract: draws the labels given, else the class option's (or balanced ones)."""
+
+    def __init__(self, config, nets, info):
+        super().__init__(config, nets, info)
+        self.num_classes = info.num_classes
+
+    def classes(self, n, options, labels):
+        return labels if labels is not None else labels_to_draw(self, n, options)
+
+    @torch.no_grad()
+    def sample(self, n, options, generator, inputs=None, labels=None):
+        z = torch.randn(n, self.config.latent, generator=generator) * options.scale
+        z[:, 0] += 3.0 * self.classes(n, options, labels).float()  # the class moves the latent
+        s = self.info.image_size
+        return self.g(z).view(n, self.info.channels, s, s).add(1).div(2)
+
+
+def labelled(sampler) -> testing.Contract:
+    return contract(replace(toy.SPEC, sampler=sampler, sampler_options=ClassOptions))
+
+
+def test_conditional_sampler_that_draws_its_labels_passes():
+    c = labelled(LabelledSampler)
+    assert c.info.num_classes == 3  # the kit's shapes have labels
+    testing.check_labels(c)
+
+
+class CyclingSampler(LabelledSampler):  # the old way: classes 0, 1, 2, 0, ... in every call
+    def classes(self, n, options, labels):
+        return torch.arange(n) % self.num_classes
+
+
+def test_sampler_that_cycles_classes_itself_fails():
+    with pytest.raises(ContractError, match="same images for labels of all 0 and of all 1"):
+        testing.check_labels(labelled(CyclingSampler))
+
+
+class ReversedSampler(LabelledSampler):
+    def classes(self, n, options, labels):
+        return super().classes(n, options, labels).flip(0)
+
+
+def test_sampler_that_gives_an_image_another_images_label_fails():
+    with pytest.raises(ContractError, match="image 1 keeps class 1 but changes"):
+        testing.check_labels(labelled(ReversedSampler))
+
+
+class NoLabelsSampler(toy.ToySampler):
+    num_classes = 3
+
+    def sample(self, n, options, generator, inputs=None):
+        return super().sample(n, options, generator)
+
+
+def test_sampler_with_classes_that_takes_no_labels_fails():
+    with pytest.raises(ContractError, match="num_classes=3 but sample\\(\\) takes no labels="):
+        testing.check_labels(labelled(NoLabelsSampler))
+
+
+class IgnoresClassOption(LabelledSampler):
+    def classes(self, n, options, labels):
+        return labels if labels is not None else torch.arange(n) % self.num_classes
+
+
+def test_sampler_whose_class_option_draws_other_classes_fails():
+    with pytest.raises(ContractError, match="class=1 draws other images than labels of all 1"):
+        testing.check_labels(labelled(IgnoresClassOption))
+
+
+def test_unconditional_samplers_pass_the_labels_check_as_they_are():
+    testing.check_labels(contract())

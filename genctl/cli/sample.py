@@ -71,10 +71,14 @@ def sample_command(
     genctl sample --plugin dcgan --n 64 --out grid.png
     genctl sample --run RUN_ID --seeds 0-15 --out faces/ truncation=0.7
     genctl sample --plugin cyclegan --input photos/ --out zebras/ direction=a2b
+
+    A class-conditional model draws class i % num_classes for image i (for --seeds, the
+    seed's class: seed % num_classes), or every image of class N with class=N.
     """
     import torch
 
     from genctl.sampling import find_checkpoint, load_model, parse_options, read_inputs, save_images
+    from genctl.spec import draw
     from genctl.trainer import _pick_device
 
     if sum(x is not None for x in (plugin, run, checkpoint)) != 1:
@@ -108,16 +112,16 @@ def sample_command(
             images = model.sampler.sample(
                 len(inputs), opts, torch.Generator().manual_seed(seed), inputs=inputs
             )
-        elif seeds is not None:
+        elif seeds is not None:  # image of seed s: the first draw of seed s, of class s % K
             images = torch.cat(
                 [
-                    model.sampler.sample(1, opts, torch.Generator().manual_seed(s))
+                    draw(model.sampler, 1, opts, torch.Generator().manual_seed(s), first=s)
                     for s in parse_seeds(seeds)
                 ]
             )
             names = [f"seed{s:04d}" for s in parse_seeds(seeds)]
         else:
-            images = model.sampler.sample(n, opts, torch.Generator().manual_seed(seed))
+            images = draw(model.sampler, n, opts, torch.Generator().manual_seed(seed))
     nrow = (
         model.sampler.nrow(opts)
         if hasattr(model.sampler, "nrow")

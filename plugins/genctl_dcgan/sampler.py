@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from torch import Tensor, nn
 
-from genctl.errors import BadInput
-from genctl.spec import DataInfo, Schema
+from genctl.spec import DataInfo, Schema, labels_to_draw
 
 
 class DCGANSamplerOptions(Schema):
-    label: int | None = Field(
+    model_config = Schema.model_config | {"populate_by_name": True}
+
+    class_: int | None = Field(
         None,
+        alias="class",
+        validation_alias=AliasChoices("class", "label"),  # label=: its first name
         ge=0,
-        description="class to draw (conditional models); default: cycle through the classes",
+        description="class to draw (conditional models); default: the classes genctl gives, "
+        "image i of class i mod the number of classes",
     )
     truncation: float | None = Field(
         None,
@@ -33,25 +37,6 @@ def draw_noise(n: int, dim: int, generator: torch.Generator, truncation: float |
     return torch.special.ndtri(low + u * (1 - 2 * low)).float()
 
 
-def class_labels(n: int, label: int | None, num_classes: int, model: str) -> Tensor | None:
-    """The labels to draw: ``label`` repeated, or 0, 1, ..., K-1, 0, 1, ... when None."""
-    if not num_classes:
-        if label is not None:
-            raise BadInput(
-                f"{model}: label={label} given, but this model is not class-conditional",
-                "Drop the label option, or train with model.conditional: true on labelled data.",
-            )
-        return None
-    if label is None:
-        return torch.arange(n) % num_classes
-    if label >= num_classes:
-        raise BadInput(
-            f"{model}: label={label} is out of range",
-            f"This model has classes 0 to {num_classes - 1}.",
-        )
-    return torch.full((n,), label)
-
-
 class DCGANSampler:
     """Noise (and labels) through the generator in eval mode (batch norm on running stats)."""
 
@@ -60,6 +45,7 @@ class DCGANSampler:
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.config = config
         self.generator = nets.get("generator_ema", nets["generator"])  # EMA weights when kept
+        self.num_classes = self.generator.num_classes  # 0: unconditional, takes no labels
 
     @torch.no_grad()
     def sample(
@@ -68,9 +54,11 @@ class DCGANSampler:
         options: DCGANSamplerOptions,
         generator: torch.Generator,
         inputs: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
+        """``n`` images; image i of class ``labels[i]`` for a conditional model."""
         g = self.generator
-        labels = class_labels(n, options.label, g.num_classes, "dcgan")
+        labels = labels_to_draw(self, n, options, labels)
         z = draw_noise(n, self.config.latent_dim, generator, options.truncation)
         device = next(g.parameters()).device
         was_training = g.training

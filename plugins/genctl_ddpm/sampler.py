@@ -27,7 +27,8 @@ class DDPMSampleOptions(Schema):
     method: Literal["ddpm", "ddim"] = "ddim"
     steps: int | None = Field(None, gt=0)  # default: 50 for ddim, all T for ddpm
     eta: float = Field(0.0, ge=0)  # ddim: 0 deterministic, 1 as noisy as ddpm
-    # class-conditional models: the class to draw; none: the unconditional model
+    # class-conditional models: the class to draw; none: the classes genctl gives (image i of
+    # class i mod K); guidance=0 draws from the unconditional model
     class_: int | None = Field(None, alias="class", ge=0)
     # classifier-free guidance scale: 0 unconditional, 1 plain conditional, > 1 stronger
     guidance: float = 1.0
@@ -58,10 +59,12 @@ class DiffusionSampler:
         options: DDPMSampleOptions,
         generator: torch.Generator,
         inputs: Tensor | None = None,
-        label: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
-        """``n`` images in [0, 1]; ``label`` (one class per image) overrides ``class``."""
+        """``n`` images in [0, 1]; image i of class ``labels[i]`` (genctl gives them to a
+        class-conditional model), else of ``class``, else of the unconditional model."""
         opts = options
+        label = None if labels is None else labels.to(self.device)
         self.check(opts, inputs, label)
         if inputs is not None:
             n = inputs.shape[0]
@@ -120,7 +123,7 @@ class DiffusionSampler:
             return self.sample(n, DDPMSampleOptions(), generator), max(round(n**0.5), 1)
         per_class = max(n // self.num_classes, 1)
         label = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
-        return self.sample(len(label), DDPMSampleOptions(), generator, label=label), per_class
+        return self.sample(len(label), DDPMSampleOptions(), generator, labels=label), per_class
 
     def predict(self, x: Tensor, t: int, label: Tensor | None, guidance: float) -> Tensor:
         """The UNet's output at ``x_t``; with a class and ``guidance != 1``, classifier-free

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from torch import Tensor, nn
 
-from genctl.errors import BadInput
-from genctl.spec import DataInfo, Schema
+from genctl.spec import DataInfo, Schema, labels_to_draw
 
 
 class VanillaGANSamplerOptions(Schema):
-    label: int | None = Field(
+    model_config = Schema.model_config | {"populate_by_name": True}
+
+    class_: int | None = Field(
         None,
+        alias="class",
+        validation_alias=AliasChoices("class", "label"),  # label=: its first name
         ge=0,
-        description="class to draw (conditional models); default: cycle through the classes",
+        description="class to draw (conditional models); default: the classes genctl gives, "
+        "image i of class i mod the number of classes",
     )
 
 
 class VanillaGANSampler:
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.generator = nets.get("generator_ema", nets["generator"])  # EMA weights when kept
+        self.num_classes = self.generator.num_classes  # 0: unconditional, takes no labels
 
     @torch.no_grad()
     def sample(
@@ -29,15 +34,11 @@ class VanillaGANSampler:
         options: VanillaGANSamplerOptions,
         generator: torch.Generator,
         inputs: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
+        """``n`` images; image i of class ``labels[i]`` for a conditional model."""
         g = self.generator
-        k, label = g.num_classes, options.label
-        if label is not None and not 0 <= label < k:
-            why = f"its classes are 0 to {k - 1}" if k else "this model is not class-conditional"
-            raise BadInput(f"vanilla_gan: label={label} cannot be drawn: {why}")
-        labels = None
-        if k:  # by default image i gets class i mod k
-            labels = torch.arange(n) % k if label is None else torch.full((n,), label)
+        labels = labels_to_draw(self, n, options, labels)
         z = torch.randn(n, g.latent_dim, generator=generator)
         device = next(g.parameters()).device
         was_training = g.training

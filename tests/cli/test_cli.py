@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import Field
 from typer.testing import CliRunner
 
+import genctl
+import genctl.plugins
 from genctl import checkpoint
 from genctl.cli import app
+from genctl.spec import ModelSpec, Schema, labels_to_draw
 from genctl.tracking import get_run, local_path
+from tests import toy
 from tests.helpers import TOY_RECIPE, use_toy_plugin, write_recipe
 
 
@@ -244,3 +249,103 @@ def test_image_folder_of_truncated_files(cli, workdir, suffix):
 def test_help_exits_cleanly(command):
     res = CliRunner().invoke(app, command)
     assert res.exit_code == 0 and "Usage" in res.output and "error:" not in res.output
+
+
+# ---------------------------------------------------------------- conditional models: the classes drawn
+
+
+class LabelledToyOptions(Schema):
+    model_config = Schema.model_config | {"populate_by_name": True}
+
+    scale: float = 1.0
+    class_: int | None = Field(None, alias="class", ge=0)
+
+
+class LabelledToySampler(toy.ToySampler):
+    """A class-conditional toy: image i's top-left pixel is labels[i] / (K - 1), so the class each
+    image was drawn with can be read back from the files `genctl sample` writes."""
+
+    def __init__(self, config, nets, info):
+        super().__init__(config, nets, info)
+        self.num_classes = info.num_classes
+
+    def sample(self, n, options, generator, inputs=None, labels=None):
+        if labels is None:  # called without genctl: the core's default labels
+            labels = labels_to_draw(self, n, options)
+        images = super().sample(n, options, generator).clone()
+        images[:, :, 0, 0] = labels[:, None].float() / (self.num_classes - 1)
+        return images
+
+
+LABELLED_TOY = ModelSpec(
+    name="ltoy",
+    task="conditional",
+    config=toy.ToyConfig,
+    build=toy.build,
+    objective=toy.ToyObjective,
+    sampler=LabelledToySampler,
+    sampler_options=LabelledToyOptions,
+)
+
+
+class LabelledToyPlugin:
+    @genctl.hookimpl
+    def genctl_register_models(self, registry):
+        registry.add(LABELLED_TOY)
+
+
+def use_labelled_toy(monkeypatch) -> None:
+    """`toy` and `ltoy` (class-conditional on the shapes' 3 classes) as installed plugins."""
+    ps = genctl.plugins.load_plugins(extra={"toy": toy, "ltoy": LabelledToyPlugin()})
+    monkeypatch.setattr(genctl.plugins, "plugins", lambda: ps)
+
+
+def drawn_classes(folder) -> list[int]:
+    """The class of each image `genctl sample` wrote to ``folder``, in file-name order."""
+    out = []
+    for path in sorted(folder.glob("*.png")):
+        pixel = np.array(Image.open(path)).reshape(-1)[0]  # top-left, first channel
+        out.append(round(pixel / 127.5))
+    return out
+
+
+@pytest.fixture
+def labelled(workdir, monkeypatch):
+    use_labelled_toy(monkeypatch)
+    raw = {**TOY_RECIPE, "name": "ltoy-shapes", "plugin": "ltoy"}
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        ["train", str(write_recipe(workdir / "ltoy.yaml", raw)), "train.steps=2", "--no-progress"],
+    )
+    assert res.exit_code == 0, res.output
+    return res.output.split("run ")[1].split()[0]
+
+
+def test_sample_seeds_of_a_conditional_model_draw_class_seed_mod_k(cli, labelled, workdir):
+    res = cli("sample", "--run", labelled, "--seeds", "0-9", "--out", workdir / "seeds")
+    assert res.exit_code == 0, res.output
+    assert drawn_classes(workdir / "seeds") == [s % 3 for s in range(10)]
+
+
+def test_sample_seeds_keep_each_seeds_class_whatever_the_range(cli, labelled, workdir):
+    res = cli("sample", "--run", labelled, "--seeds", "4,8", "--out", workdir / "two")
+    assert res.exit_code == 0, res.output
+    assert drawn_classes(workdir / "two") == [1, 2]
+
+
+def test_sample_n_of_a_conditional_model_draws_the_classes_in_turn(cli, labelled, workdir):
+    res = cli("sample", "--run", labelled, "--n", 7, "--out", workdir / "n")
+    assert res.exit_code == 0, res.output
+    assert drawn_classes(workdir / "n") == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_sample_class_option_still_picks_one_class(cli, labelled, workdir):
+    res = cli("sample", "--run", labelled, "--seeds", "0-4", "--out", workdir / "c", "class=2")
+    assert res.exit_code == 0, res.output
+    assert drawn_classes(workdir / "c") == [2] * 5
+
+
+def test_sample_class_out_of_range_is_bad_input(cli, labelled, workdir):
+    res = cli("sample", "--run", labelled, "--out", workdir / "x.png", "class=3")
+    _assert_bad_input(res, "class=3 is out of range", "classes 0 to 2")

@@ -17,8 +17,8 @@ from genctl import checkpoint
 from genctl.cli import app
 from genctl.evaluation import fidelity
 from genctl.tracking import get_run, local_path, search_runs
-from tests.cli.test_cli import _assert_bad_input
-from tests.helpers import use_toy_plugin, write_recipe
+from tests.cli.test_cli import _assert_bad_input, use_labelled_toy
+from tests.helpers import TOY_RECIPE, use_toy_plugin, write_recipe
 
 SMALL = ("--num-samples", 4, "--batch-size", 4, "--no-progress")
 
@@ -166,3 +166,43 @@ def test_keeping_the_best_by_a_metric_that_is_not_measured_fails_before_training
         "--no-progress",
     )
     _assert_bad_input(res, "evaluate.best: 'fid' is not measured", "kid_mean")
+
+
+# ---------------------------------------------------------------- sampler options and labels
+
+
+def test_evaluate_with_sampler_options_records_them_and_gets_another_protocol(cli, trained):
+    plain = cli("evaluate", "--run", trained, "--metrics", "kid", *SMALL)
+    assert plain.exit_code == 0, plain.output
+    default_id = get_run(trained).tags["eval.protocol"]
+    res = cli("evaluate", "--run", trained, "--metrics", "kid", *SMALL, "scale=0.5")
+    assert res.exit_code == 0, res.output
+    tags = get_run(trained).tags
+    assert tags["eval.sampler"] == '{"scale": 0.5}' and tags["eval.labels"] == "none"
+    assert tags["eval.protocol"] != default_id
+    assert 'sampler {"scale": 0.5}' in res.output
+
+
+def test_evaluate_an_unknown_sampler_option_exits_2_listing_the_valid_ones(cli, trained):
+    res = cli("evaluate", "--run", trained, *SMALL, "guidance=3.0")
+    _assert_bad_input(res, "unknown option 'guidance'", "scale")
+
+
+def test_recipe_with_an_unknown_evaluate_sampler_option_exits_2_before_training(cli, workdir):
+    res = cli(
+        "train", write_recipe(workdir / "toy.yaml"), "evaluate.sampler.scael=0.5", "--no-progress"
+    )
+    _assert_bad_input(res, "unknown option 'evaluate.sampler.scael'", "scale")
+    assert search_runs() == []
+
+
+def test_evaluate_a_conditional_model_draws_balanced_labels(cli, workdir, monkeypatch):
+    use_labelled_toy(monkeypatch)
+    raw = {**TOY_RECIPE, "name": "ltoy-shapes", "plugin": "ltoy"}
+    res = cli("train", write_recipe(workdir / "ltoy.yaml", raw), "train.steps=2", "--no-progress")
+    assert res.exit_code == 0, res.output
+    run_id = res.output.split("run ")[1].split()[0]
+    res = cli("evaluate", "--run", run_id, "--metrics", "kid", *SMALL, "--num-samples", 6)
+    assert res.exit_code == 0, res.output
+    assert get_run(run_id).tags["eval.labels"] == "balanced"
+    assert "labels balanced" in res.output

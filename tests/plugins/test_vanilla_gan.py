@@ -132,7 +132,7 @@ def test_sampler_label_option_picks_the_class():
     ones = s.sample(3, VanillaGANSamplerOptions(label=1), gen())
     assert torch.equal(cycled[1], ones[1])  # cycling draws class 1 second
     assert not torch.equal(cycled[0], ones[0])
-    with pytest.raises(BadInput, match="classes are 0 to 9"):
+    with pytest.raises(BadInput, match="classes 0 to 9"):
         s.sample(3, VanillaGANSamplerOptions(label=10), gen())
 
 
