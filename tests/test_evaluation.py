@@ -17,12 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import Field
 
 import genctl.evaluation as ev
 from genctl.errors import BadInput
 from genctl.evaluation import ImageSource, evaluate, evaluate_in_training, fidelity
-from genctl.evaluation.quality import psnr, ssim
+from genctl.evaluation.quality import luma, paired_scores, psnr, ssim
 from genctl.evaluation.sources import real_subset, sampled, source_for
 from genctl.recipe import validate
 from genctl.spec import DataInfo, ModelSpec
@@ -501,122 +500,232 @@ def test_evaluation_during_training_returns_metrics_and_records_the_protocol(
     }
 
 
-# ---------------------------------------------------------------- conditional models: labels and options
+# ---------------------------------------------------------------- super-resolution: Y channel, crop
 
 
-class LabelRecorder(toy.ToySampler):
-    """A class-conditional toy sampler that records the labels evaluation gives it."""
+def test_y_channel_of_white_and_black_is_bt601_235_and_16():
+    rgb = torch.stack([torch.ones(3, 2, 2), torch.zeros(3, 2, 2)])
+    y = luma(rgb)
+    assert y.shape == (2, 1, 2, 2)
+    assert torch.allclose(y[0] * 255, torch.full((1, 2, 2), 235.0, dtype=torch.float64))
+    assert torch.allclose(y[1] * 255, torch.full((1, 2, 2), 16.0, dtype=torch.float64))
+
+
+def test_y_channel_psnr_ssim_with_border_crop_equal_a_hand_computation():
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 3, 12, 12))
+    y = np.clip(x + rng.normal(0, 0.05, x.shape), 0, 1)
+    y[:, :, :2, :] = 1 - x[:, :, :2, :]  # a wrecked border, which the crop removes
+
+    def by_hand(a):  # BT.601 luma of [0, 1] RGB, cropped 2 px, back on the [0, 1] scale
+        a = a[:, :, 2:-2, 2:-2]
+        return (16 + 65.481 * a[:, 0] + 128.553 * a[:, 1] + 24.966 * a[:, 2]) / 255
+
+    mse_y = ((by_hand(x) - by_hand(y)) ** 2).reshape(2, -1).mean(1)
+    mse_rgb = ((x - y)[:, :, 2:-2, 2:-2] ** 2).reshape(2, -1).mean(1)
+    scores = paired_scores(torch.from_numpy(x), torch.from_numpy(y), y_channel=True, border=2)
+    assert scores["psnr"].numpy() == pytest.approx(10 * np.log10(1 / mse_y), abs=1e-9)
+    assert scores["psnr_rgb"].numpy() == pytest.approx(10 * np.log10(1 / mse_rgb), abs=1e-9)
+    xy, yy = (torch.from_numpy(by_hand(a))[:, None] for a in (x, y))
+    assert torch.allclose(scores["ssim"], ssim(xy, yy))
+    xc, yc = (torch.from_numpy(a[:, :, 2:-2, 2:-2]) for a in (x, y))
+    assert torch.allclose(scores["ssim_rgb"], ssim(xc, yc))
+
+
+def test_a_grey_image_is_its_own_y_channel():
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.rand(2, 1, 10, 10, generator=g), torch.rand(2, 1, 10, 10, generator=g)
+    scores = paired_scores(x, y, y_channel=True, border=1)
+    assert set(scores) == {"psnr", "ssim"}  # no RGB to report beside
+    assert torch.allclose(scores["psnr"], psnr(x[..., 1:-1, 1:-1], y[..., 1:-1, 1:-1]))
+
+
+def test_a_border_crop_that_leaves_nothing_is_an_error_saying_so():
+    with pytest.raises(ValueError, match="leaves nothing"):
+        paired_scores(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), y_channel=True, border=4)
+
+
+def test_super_resolution_psnr_is_of_the_y_channel_inside_a_scale_px_border(tmp_path, cache):
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        _write_png(
+            tmp_path / "hr" / "test" / f"{i}.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        )
+    spec = _spec("super_resolution", Upscaler)
+    recipe = _recipe(
+        spec,
+        {"kind": "super_resolution", "root": str(tmp_path / "hr"), "image_size": 16, "scale": 2},
+    )
+    info = DataInfo("super_resolution", 3, 16, scale=2)
+    source = source_for(recipe, Upscaler(None, None, info), device="cpu", num_samples=10, seed=0)
+    res = evaluate(source, ["psnr"], batch_size=2)
+    # by hand: the model's 8-bit outputs against the HR images, Y of BT.601, 2 px cropped
+    out = torch.cat(list(source.generate(10))).clamp(0, 1).mul(255).round().double().numpy()
+    hr = source.real.double().numpy()
+    w = np.array([65.481, 128.553, 24.966]).reshape(1, 3, 1, 1)
+
+    def y_of(a):
+        return (16 + (a / 255 * w).sum(1))[:, 2:-2, 2:-2] / 255
+
+    mse = ((y_of(out) - y_of(hr)) ** 2).reshape(3, -1).mean(1)
+    assert res.metrics["psnr"] == pytest.approx(float(np.mean(10 * np.log10(1 / mse))), abs=1e-6)
+    mse_rgb = (((out - hr) / 255)[:, :, 2:-2, 2:-2] ** 2).reshape(3, -1).mean(1)
+    assert res.metrics["psnr_rgb"] == pytest.approx(
+        float(np.mean(10 * np.log10(1 / mse_rgb))), abs=1e-6
+    )
+    assert {"ssim", "ssim_rgb", "psnr_bicubic", "psnr_rgb_bicubic"} <= set(res.metrics)
+    paired = res.protocol["eval.paired_metrics"]
+    assert "Y channel (ITU-R BT.601" in paired and "2 px cropped from each border" in paired
+
+
+def test_paired_translation_keeps_rgb_psnr_without_crop_and_its_protocol_text(tmp_path, cache):
+    rng = np.random.default_rng(6)
+    for i in range(2):
+        ab = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
+        _write_png(tmp_path / "facades" / "test" / f"{i}.png", ab)
+    spec = _spec("paired", Identity)
+    recipe = _recipe(spec, {"kind": "paired", "root": str(tmp_path / "facades"), "image_size": 8})
+    source = source_for(recipe, Identity(None, None, None), device="cpu", num_samples=10, seed=0)
+    res = evaluate(source, ["psnr"], batch_size=2)
+    assert set(res.metrics) == {"psnr", "ssim"}
+    assert res.protocol["eval.paired_metrics"] == (
+        "PSNR and SSIM (Gaussian 11x11, sigma 1.5) on 8-bit RGB, no crop"
+    )  # the text earlier protocol ids were made with
+
+
+# ---------------------------------------------------------------- likelihood (nll, bpd)
+
+
+class UniformModel(toy.ToySampler):
+    """A 'likelihood model' giving every 8-bit image the same probability, 256^-D: 8 bits/dim."""
 
     def __init__(self, config, nets, info):
         super().__init__(config, nets, info)
-        self.num_classes, self.drawn = info.num_classes, []
+        self.seen: list[torch.Tensor] = []
 
-    def sample(self, n, options, generator, inputs=None, labels=None):
-        self.drawn.append(labels)
-        return super().sample(n, options, generator)
+    def sample(self, n, options, generator, inputs=None):
+        raise AssertionError("a likelihood needs no generated images")
+
+    def nll(self, images, labels, generator):
+        self.seen.append(images)
+        return torch.full((len(images),), images[0].numel() * math.log(256), dtype=torch.float64)
+
+    def nll_protocol(self):
+        return {"estimator": "exact", "data": "the 8-bit values", "dequantization": "none"}
 
 
-class LabelledOptions(toy.ToyOptions):
-    model_config = toy.ToyOptions.model_config | {"populate_by_name": True}
+class PixelSumModel(UniformModel):
+    """-log p(x) = the sum of the image's 8-bit values / 255: depends on which images it sees."""
 
-    class_: int | None = Field(None, alias="class", ge=0)
+    def nll(self, images, labels, generator):
+        self.seen.append(images)
+        return images.double().flatten(1).sum(1) / 255
 
 
-LABELLED = ModelSpec(
-    name="ltoy",
-    task="conditional",
+LIKELIHOOD_SPEC = ModelSpec(
+    name="toy",
+    task="unconditional",
     config=toy.ToyConfig,
     build=toy.build,
     objective=toy.ToyObjective,
-    sampler=LabelRecorder,
-    sampler_options=LabelledOptions,
+    sampler=UniformModel,
 )
 
 
-def _labelled(evaluate: dict | None = None):
-    """A class-conditional toy on the shapes' 3 classes, and its recording sampler."""
-    raw = {**TOY_RECIPE, "plugin": "ltoy", "evaluate": evaluate or {}}
-    recipe = validate(raw, spec=LABELLED)
-    info = DataInfo("conditional", 3, 8, num_classes=3)
-    return recipe, LabelRecorder(recipe.model, toy.build(recipe.model, info), info)
+def _likelihood_source(model_cls, nll_images=16):
+    raw = {**TOY_RECIPE, "data": {**TOY_RECIPE["data"], "size": 40}}
+    recipe = validate(raw, spec=LIKELIHOOD_SPEC)
+    info = DataInfo("unconditional", 3, 8, size=40)
+    nets = toy.build(recipe.model, info)
+    model = model_cls(recipe.model, nets, info)
+    source = source_for(recipe, model, device="cpu", num_samples=4, seed=3, nll_images=nll_images)
+    return recipe, model, source
 
 
-def test_evaluation_in_batches_draws_every_class_equally(cache):
-    recipe, sampler = _labelled()
-    source = source_for(recipe, sampler, device="cpu", num_samples=15, seed=0)
-    batches = list(source.generate(4))  # 4 + 4 + 4 + 3: batches must not restart the classes
-    drawn = torch.cat(sampler.drawn)
-    assert [len(b) for b in batches] == [4, 4, 4, 3]
-    assert drawn.tolist() == [i % 3 for i in range(15)]
-    assert torch.bincount(drawn).tolist() == [5, 5, 5]
-    assert source.protocol["eval.labels"] == "balanced"
+def test_nll_of_a_uniform_8bit_model_is_8_bits_per_dimension_and_generates_nothing(cache):
+    _, model, source = _likelihood_source(UniformModel)
+    res = evaluate(source, ["nll"], batch_size=5, progress=False)
+    assert res.metrics["nll"] == pytest.approx(3 * 8 * 8 * math.log(256), rel=1e-12)
+    assert res.metrics["bpd"] == pytest.approx(8.0, rel=1e-12)
+    assert sum(len(x) for x in model.seen) == 16 and all(x.dtype == torch.uint8 for x in model.seen)
+    p = res.protocol
+    assert p["eval.nll_split"] == "test" and p["eval.nll_num_images"] == "16"
+    assert p["eval.nll_dims"] == "3x8x8" and p["eval.nll_estimator"] == "exact"
+    assert "eval.num_generated" not in p and "eval.protocol" not in p  # nothing was generated
+    assert p["eval.nll_protocol"] == ev.likelihood.nll_protocol_id(p)
 
 
-def test_evaluation_class_option_draws_that_class_only(cache):
-    recipe, sampler = _labelled({"sampler": {"class": 2}})
-    source = source_for(recipe, sampler, device="cpu", num_samples=5, seed=0)
-    list(source.generate(2))
-    assert torch.cat(sampler.drawn).tolist() == [2] * 5
-    assert source.protocol["eval.labels"] == "class 2"
+def test_nll_is_the_mean_over_a_fixed_subset_of_the_test_split(cache):
+    recipe, model, source = _likelihood_source(PixelSumModel, nll_images=16)
+    res = evaluate(source, ["nll"], batch_size=7, progress=False)
+    from genctl.data import load_dataset
+
+    test = load_dataset(recipe.data.model_copy(update={"split": "test"})).tensors["image"]
+    train = load_dataset(recipe.data).tensors["image"]
+    subset = test[ev.likelihood.subset_index(len(test), 16)]
+    assert torch.equal(torch.cat(model.seen), subset)
+    assert res.metrics["nll"] == pytest.approx(float(subset.double().sum() / 255 / 16))
+    assert res.metrics["nll"] != pytest.approx(float(train[:16].double().sum() / 255 / 16))
+    again = evaluate(_likelihood_source(PixelSumModel)[2], ["nll"], progress=False)
+    assert again.protocol["eval.nll_protocol"] == res.protocol["eval.nll_protocol"]
 
 
-def test_evaluate_sampler_options_of_the_recipe_are_drawn_with_and_recorded(cache):
-    recipe, sampler = _labelled({"sampler": {"scale": 0.0}})  # zero noise: one image, repeated
-    source = source_for(recipe, sampler, device="cpu", num_samples=4, seed=0)
-    images = torch.cat(list(source.generate(4)))
-    assert torch.equal(images[0], images[3])  # the same class (0), the same (no) noise
-    assert json.loads(source.protocol["eval.sampler"]) == {"scale": 0.0}
+def test_nll_scores_the_whole_test_split_unless_told_how_many(cache):
+    _, model, source = _likelihood_source(UniformModel, nll_images=None)
+    res = evaluate(source, ["nll"], batch_size=16, progress=False)
+    assert sum(len(x) for x in model.seen) == 40  # data.size test shapes, not num_samples (4)
+    assert res.protocol["eval.nll_num_images"] == "40"
+    assert res.protocol["eval.nll_set"] == "shapes test (40)"
 
 
-def test_sampler_options_and_labels_change_the_protocol_id_defaults_do_not():
-    base = {"eval.num_generated": "10", "eval.num_real": "10"}
-    plain = ev.protocol_id(base)
-    assert ev.protocol_id({**base, "eval.sampler": "{}", "eval.labels": "none"}) == plain
-    ids = {
-        plain,
-        ev.protocol_id({**base, "eval.sampler": '{"guidance": 3.0}', "eval.labels": "none"}),
-        ev.protocol_id({**base, "eval.sampler": "{}", "eval.labels": "balanced"}),
-        ev.protocol_id({**base, "eval.sampler": "{}", "eval.labels": "class 2"}),
-    }
-    assert len(ids) == 4
+def test_nll_beside_fid_metrics_keeps_the_sample_protocol_id(inception_weights, cache):
+    _, _, source = _likelihood_source(PixelSumModel, nll_images=4)
+    images = _images(4, seed=9, channels=3, side=8)
+    source.generate = sampled(FixedSampler(images), None, 4, 0)
+    with_nll = evaluate(source, ["isc", "nll"], weights=str(inception_weights), progress=False)
+    source.generate = sampled(FixedSampler(images), None, 4, 0)
+    without = evaluate(source, ["isc"], weights=str(inception_weights), progress=False)
+    assert {"isc_mean", "nll", "bpd"} <= set(with_nll.metrics)
+    assert with_nll.protocol["eval.protocol"] == without.protocol["eval.protocol"]
 
 
-def test_unknown_evaluate_sampler_option_is_bad_input_naming_the_key_and_the_options():
-    with pytest.raises(BadInput) as err:
-        _labelled({"sampler": {"scael": 2.0}})
-    assert "unknown option 'evaluate.sampler.scael'" in err.value.message
-    assert "scale, class" in err.value.hint
+def test_nll_of_a_model_without_a_likelihood_is_bad_input(cache):
+    _, _, source = _likelihood_source(toy.ToySampler)
+    assert source.likelihood is None
+    with pytest.raises(BadInput, match="reports no likelihood"):
+        evaluate(source, ["nll"])
 
 
-def test_invalid_evaluate_sampler_value_is_bad_input_naming_the_key():
-    with pytest.raises(BadInput, match=r"evaluate\.sampler\.class: -1 is invalid"):
-        _labelled({"sampler": {"class": -1}})
+def test_asking_nll_of_a_family_without_one_fails_before_training():
+    raw = {**TOY_RECIPE, "evaluate": {"every": 5, "metrics": ["nll"]}}
+    with pytest.raises(BadInput, match="toy reports none"):
+        ev.check_ready(validate(raw, spec=toy.SPEC))
+    ev.check_ready(validate(raw, spec=LIKELIHOOD_SPEC))  # one that has it passes
+    best = {**raw, "evaluate": {**raw["evaluate"], "best": "bpd"}}
+    ev.check_ready(validate(best, spec=LIKELIHOOD_SPEC))
 
 
-def test_options_that_make_a_figure_cannot_be_evaluated(cache):
-    recipe, sampler = _labelled()
-    sampler.nrow = lambda options: 5  # a sampler mode that draws a grid of its own
-    with pytest.raises(BadInput, match="make a figure"):
-        source_for(recipe, sampler, device="cpu", num_samples=4, seed=0)
+def test_a_family_protocol_key_that_clashes_with_genctl_s_is_refused(cache):
+    class Clash(UniformModel):
+        def nll_protocol(self):
+            return {"split": "mine"}
+
+    _, _, source = _likelihood_source(Clash)
+    with pytest.raises(RuntimeError, match="key 'split'"):
+        evaluate(source, ["nll"], progress=False)
 
 
-def test_evaluation_during_training_of_a_conditional_model_records_balanced_labels(
-    inception_weights, cache, tmp_path
-):
-    recipe, sampler = _labelled(
-        {
-            "metrics": ["kid"],
-            "num_samples": 6,
-            "batch_size": 4,
-            "sampler": {"scale": 0.5},
-            "feature_extractor_weights": str(inception_weights),
-        }
-    )
+def test_nll_during_training_is_returned_and_recorded(cache, tmp_path):
+    raw = {**TOY_RECIPE, "evaluate": {"every": 5, "metrics": ["nll"], "nll_images": 8}}
+    recipe = validate(raw, spec=LIKELIHOOD_SPEC)
+    info = DataInfo("unconditional", 3, 8, size=64)
+    nets = toy.build(recipe.model, info)
     tracker = RecordingTracker(tmp_path)
-    evaluate_in_training(recipe, LABELLED, {}, sampler, 5, "cpu", tracker)
-    assert torch.cat(sampler.drawn).tolist() == [0, 1, 2, 0, 1, 2]
-    assert tracker.tags["eval.labels"] == "balanced"
-    assert tracker.tags["eval.sampler"] == '{"scale": 0.5}'
-    assert (
-        tracker.artifacts["evaluation/step-00000005.json"]["protocol"]["eval.labels"] == "balanced"
+    scores = evaluate_in_training(
+        recipe, LIKELIHOOD_SPEC, nets, UniformModel(recipe.model, nets, info), 5, "cpu", tracker
+    )
+    assert scores == {"nll": pytest.approx(192 * math.log(256)), "bpd": pytest.approx(8.0)}
+    assert tracker.tags["eval.nll_num_images"] == "8"
+    assert tracker.artifacts["evaluation/step-00000005.json"]["protocol"]["eval.nll_data"] == (
+        "the 8-bit values"
     )

@@ -13,8 +13,7 @@ def evaluate_command(
     options: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Sampler options key=value to generate with, over the recipe's evaluate.sampler "
-            "(see `genctl plugins list`)."
+            help="Sampler options key=value used to generate (see `genctl plugins list`)."
         ),
     ] = None,
     run: Annotated[
@@ -27,13 +26,21 @@ def evaluate_command(
         str | None,
         typer.Option(
             "--metrics",
-            help="Comma-separated: fid, kid, isc, prc, psnr, ssim. Default: the recipe's evaluate.metrics.",
+            help="Comma-separated: fid, kid, isc, prc, psnr, ssim, nll. Default: the recipe's evaluate.metrics.",
         ),
     ] = None,
     num_samples: Annotated[
         int | None,
         typer.Option(
             "--num-samples", min=1, help="Generated images. Default: evaluate.num_samples."
+        ),
+    ] = None,
+    nll_images: Annotated[
+        int | None,
+        typer.Option(
+            "--nll-images",
+            min=1,
+            help="Test images nll scores. Default: evaluate.nll_images, else the whole test split.",
         ),
     ] = None,
     batch_size: Annotated[
@@ -64,13 +71,11 @@ def evaluate_command(
     \b
     genctl evaluate --run RUN_ID
     genctl evaluate --run RUN_ID --metrics fid,kid,isc,prc --num-samples 50000
-    genctl evaluate --run RUN_ID guidance=3.0 steps=50
     genctl evaluate --checkpoint model.pt --device cuda
     """
     from genctl.evaluation import evaluate, parse_metrics, source_for
-    from genctl.evaluation.sources import evaluation_options
     from genctl.recipe import validate
-    from genctl.sampling import find_checkpoint, load_model
+    from genctl.sampling import find_checkpoint, load_model, parse_options
     from genctl.trainer import _pick_device
 
     if (run is None) == (checkpoint is None):
@@ -80,7 +85,7 @@ def evaluate_command(
     model = load_model(find_checkpoint(run=run, path=checkpoint), dev)
     recipe = validate(model.recipe, model.source, spec=model.spec)
     cfg = recipe.evaluate
-    opts = evaluation_options(recipe, list(options or []))
+    opts = parse_options(model.spec, list(options or []))
     n = num_samples or cfg.num_samples
     source = source_for(
         recipe,
@@ -90,6 +95,7 @@ def evaluate_command(
         seed=recipe.train.seed if seed is None else seed,
         options=opts,
         num_real=cfg.num_real if num_samples is None else None,
+        nll_images=nll_images,
     )
     result = evaluate(
         source,
@@ -99,6 +105,9 @@ def evaluate_command(
         batch_size=batch_size or cfg.batch_size,
         progress=progress,
     )
+    if options:
+        result.protocol["eval.sampler_options"] = " ".join(options)
+
     typer.echo(f"{model.spec.name} at step {model.step} ({model.source})")
     typer.echo(format_table(result.logged()))
     typer.echo(format_protocol(result.protocol))
@@ -121,8 +130,27 @@ def format_table(values: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def format_likelihood(p: dict[str, str]) -> str:
+    """One line saying how ``nll``/``bpd`` were made (the ``eval.nll_*`` entries)."""
+    from genctl.evaluation.likelihood import CORE_KEYS, NLL_PREFIX
+
+    own = [
+        f"{k.removeprefix(NLL_PREFIX)}: {v}"
+        for k, v in p.items()
+        if k.startswith(NLL_PREFIX) and k.removeprefix(NLL_PREFIX) not in CORE_KEYS
+    ]
+    head = (
+        f"likelihood protocol {p['eval.nll_protocol']}: {p['eval.nll_set']}, {p['eval.nll_dims']}"
+    )
+    return "; ".join([head, *own])
+
+
 def format_protocol(p: dict[str, str]) -> str:
-    """One line saying how the numbers were made."""
+    """One line saying how the numbers were made (and one for the likelihood's)."""
+    if "eval.nll_protocol" in p:
+        rest = {k: v for k, v in p.items() if not k.startswith("eval.nll_")}
+        lines = [format_likelihood(p)]
+        return "\n".join(lines + [format_protocol(rest)] if "eval.protocol" in rest else lines)
     parts = [f"{p['eval.num_generated']} generated"]
     if "eval.num_real" in p:
         parts[0] += f" vs {p['eval.num_real']} real ({p['eval.real_set']})"
@@ -133,10 +161,6 @@ def format_protocol(p: dict[str, str]) -> str:
         )
     if "eval.kid_subset_size" in p:
         parts.append(f"KID subsets {p['eval.kid_subsets']} x {p['eval.kid_subset_size']}")
-    if p.get("eval.sampler", "{}") != "{}":
-        parts.append(f"sampler {p['eval.sampler']}")
-    if p.get("eval.labels", "none") != "none":
-        parts.append(f"labels {p['eval.labels']}")
     return f"protocol {p['eval.protocol']}: " + "; ".join(parts)
 
 

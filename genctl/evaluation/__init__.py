@@ -1,4 +1,5 @@
-"""Evaluation: FID, KID, IS and precision/recall through torch-fidelity, PSNR/SSIM for paired tasks.
+"""Evaluation: FID, KID, IS and precision/recall through torch-fidelity, PSNR/SSIM for paired
+tasks, and the negative log-likelihood of test images for models that have one.
 
 :func:`evaluate` takes an :class:`ImageSource` (generated images straight from the sampler, and
 the real images to judge them against) and returns the numbers with the protocol that produced
@@ -26,7 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from genctl.errors import BadInput
-from genctl.evaluation.quality import psnr, ssim
+from genctl.evaluation.quality import paired_protocol, paired_scores, psnr, ssim
 from genctl.evaluation.sources import ImageSource, source_for, to_uint8
 
 __all__ = [
@@ -43,7 +44,8 @@ __all__ = [
 
 INCEPTION_METRICS = ("fid", "kid", "isc", "prc")  # torch-fidelity, Inception features
 PAIRED_METRICS = ("psnr", "ssim")  # one output against its own target
-METRICS = INCEPTION_METRICS + PAIRED_METRICS
+LIKELIHOOD_METRICS = ("nll",)  # the model's own likelihood of test images (likelihood.py)
+METRICS = INCEPTION_METRICS + PAIRED_METRICS + LIKELIHOOD_METRICS
 NEED_REAL = ("fid", "kid", "prc")
 PAIRED_TASKS = ("paired", "super_resolution")  # outputs with their own targets
 RESULT_KEYS = {  # metric -> the names it reports (logged as eval/<name>)
@@ -53,6 +55,7 @@ RESULT_KEYS = {  # metric -> the names it reports (logged as eval/<name>)
     "prc": ("precision", "recall"),
     "psnr": ("psnr",),
     "ssim": ("ssim",),
+    "nll": ("nll", "bpd"),
 }
 CACHE_FORMAT = 1  # bump when what is cached for a key changes
 
@@ -72,7 +75,7 @@ class Evaluation:
 
 
 def parse_metrics(names: Iterable[str]) -> list[str]:
-    """Validate metric names (``fid``, ``kid``, ``isc``, ``prc``, ``psnr``, ``ssim``)."""
+    """Validate metric names (``fid``, ``kid``, ``isc``, ``prc``, ``psnr``, ``ssim``, ``nll``)."""
     out = []
     for name in names:
         name = name.strip().lower()
@@ -102,7 +105,11 @@ def evaluate(
     """Compute ``metrics`` on ``source``.
 
     Paired sources (translation with aligned targets, super-resolution) always get PSNR and SSIM,
-    and each baseline (``source.baselines``) gets ``psnr_<name>`` and ``ssim_<name>``.
+    and each baseline (``source.baselines``) gets ``psnr_<name>`` and ``ssim_<name>``; with
+    ``source.y_channel`` (super-resolution) they are of the Y channel, after cropping
+    ``source.border`` px, and ``psnr_rgb``/``ssim_rgb`` (and ``psnr_rgb_<name>``, ...) give RGB.
+    ``nll`` (``nll`` and ``bpd``) scores the test images of ``source.likelihood`` under the
+    model and generates nothing (see :mod:`genctl.evaluation.likelihood`).
     ``weights`` is the local Inception weights file (else ``$GENCTL_INCEPTION_WEIGHTS``, else
     torch-fidelity's download).
     """
@@ -112,6 +119,12 @@ def evaluate(
             "PSNR and SSIM compare each output with its own target; this model's outputs have none",
             "They apply to paired translation and super-resolution; use fid, kid, isc or prc here.",
         )
+    if "nll" in wanted and source.likelihood is None:
+        raise BadInput(
+            "nll: this model reports no likelihood of images",
+            "nll applies to likelihood models whose sampler has nll() (see docs/plugins.md); "
+            "use fid, kid, isc or prc here.",
+        )
     inception = [m for m in wanted if m in INCEPTION_METRICS]
     if any(m in NEED_REAL for m in inception) and source.real is None:
         raise BadInput(
@@ -119,7 +132,7 @@ def evaluate(
         )
     device = torch.device(device)
     notes = list(source.notes)
-    protocol: dict[str, str] = {**source.protocol, "eval.num_generated": str(source.count)}
+    protocol: dict[str, str] = {"eval.num_generated": str(source.count)}
     values: dict[str, float] = {}
 
     extractor = weights_file = real = None
@@ -146,6 +159,18 @@ def evaluate(
         protocol["eval.real_set"] = source.real_name
         protocol["eval.real_fingerprint"] = real["fingerprint"]
 
+    if "nll" in wanted:
+        from genctl.evaluation import likelihood
+
+        nll, nll_protocol, nll_notes = likelihood.measure(
+            source.likelihood, device=device, batch_size=batch_size, progress=progress
+        )
+        values.update(nll)
+        protocol.update(nll_protocol)
+        notes += nll_notes
+    if not inception and not source.paired:  # the likelihood alone: nothing generated
+        return Evaluation(values, nll_protocol, notes)
+
     generated, paired = _generated_pass(source, extractor, device, batch_size, progress)
     if generated["count"] < source.count:
         notes.append(f"the source gave {generated['count']} images of the {source.count} asked for")
@@ -156,10 +181,10 @@ def evaluate(
         values[key] = float(torch.cat(vals).mean())
     for name, batches in source.baselines.items():
         base = _paired_quality(batches, source, batch_size)
-        values[f"psnr_{name}"], values[f"ssim_{name}"] = base["psnr"], base["ssim"]
+        values.update({f"{key}_{name}": value for key, value in base.items()})
     if paired:
-        protocol["eval.paired_metrics"] = (
-            "PSNR and SSIM (Gaussian 11x11, sigma 1.5) on 8-bit RGB, no crop"
+        protocol["eval.paired_metrics"] = paired_protocol(
+            y_channel=source.y_channel, border=source.border, channels=source.real.shape[1]
         )
     protocol["eval.protocol"] = protocol_id(protocol)
     return Evaluation(values, protocol, notes)
@@ -222,16 +247,10 @@ PROTOCOL_KEYS = (
     "eval.paired_metrics",
 )
 
-# Hashed only when not the default shown here: the sampler options that differ from the
-# defaults and the labels drawn (sources.sampler_protocol), so ids made before they existed stand.
-PROTOCOL_DEFAULTS = {"eval.sampler": "{}", "eval.labels": "none"}
-
 
 def protocol_id(protocol: dict[str, str]) -> str:
     """A short hash of how the numbers were made: equal ids, comparable numbers."""
-    keys = {k: protocol.get(k) for k in PROTOCOL_KEYS}
-    keys.update({k: protocol[k] for k, v in PROTOCOL_DEFAULTS.items() if protocol.get(k, v) != v})
-    blob = json.dumps(keys, sort_keys=True)
+    blob = json.dumps({k: protocol.get(k) for k in PROTOCOL_KEYS}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -253,14 +272,14 @@ def _rgb(images: Tensor) -> Tensor:
 def _generated_pass(source, extractor, device, batch_size, progress) -> tuple[dict, dict]:
     """One pass over the generated images: Inception features and, when paired, PSNR/SSIM."""
     features: dict[str, list[Tensor]] = {}
-    paired: dict[str, list[Tensor]] = {"psnr": [], "ssim": []} if source.paired else {}
+    paired: dict[str, list[Tensor]] = {}
     done = 0
     desc = "generating + features" if extractor is not None else "generating"
     with _bar(source.count, desc, progress) as bar, torch.no_grad():
         for batch in source.generate(batch_size):
             images = to_uint8(batch)[: source.count - done]
             if source.paired:
-                _compare(images, source.real[done : done + len(images)], paired)
+                _compare(images, source.real[done : done + len(images)], paired, source)
             if extractor is not None:
                 for layer, value in _extract(extractor, images, device).items():
                     features.setdefault(layer, []).append(value)
@@ -281,7 +300,7 @@ def _extract(extractor, images: Tensor, device: torch.device) -> dict[str, Tenso
     return extract(extractor, _rgb(images).to(device, non_blocking=True))
 
 
-def _compare(images: Tensor, targets: Tensor, out: dict[str, list[Tensor]]) -> None:
+def _compare(images: Tensor, targets: Tensor, out: dict[str, list[Tensor]], source) -> None:
     if images.shape != targets.shape:
         raise BadInput(
             f"outputs of shape {tuple(images.shape[1:])} cannot be compared with targets of shape "
@@ -290,16 +309,20 @@ def _compare(images: Tensor, targets: Tensor, out: dict[str, list[Tensor]]) -> N
         )
     x = images.float().div(255)
     y = targets.to(images.device).float().div(255)
-    out["psnr"].append(psnr(x, y).cpu())
-    out["ssim"].append(ssim(x, y).cpu())
+    try:
+        scores = paired_scores(x, y, y_channel=source.y_channel, border=source.border)
+    except ValueError as exc:  # the border crop leaves nothing of these images
+        raise BadInput(f"PSNR/SSIM: {exc}", "Evaluate on larger images.") from None
+    for key, value in scores.items():
+        out.setdefault(key, []).append(value.cpu())
 
 
 def _paired_quality(batches: Callable, source: ImageSource, batch_size: int) -> dict[str, float]:
-    vals: dict[str, list[Tensor]] = {"psnr": [], "ssim": []}
+    vals: dict[str, list[Tensor]] = {}
     done = 0
     for batch in batches(batch_size):
         images = to_uint8(batch)[: source.count - done]
-        _compare(images, source.real[done : done + len(images)], vals)
+        _compare(images, source.real[done : done + len(images)], vals, source)
         done += len(images)
         if done >= source.count:
             break
@@ -370,10 +393,13 @@ def _real_features(source, extractor, weights, device, batch_size, progress) -> 
 
 def check_ready(recipe: Any) -> None:
     """Fail before training starts, not at the first evaluation, when evaluation cannot run:
-    Inception weights missing offline, PSNR/SSIM asked of a model without paired targets, or an
-    ``evaluate.best`` metric that no evaluation reports."""
+    Inception weights missing offline, PSNR/SSIM asked of a model without paired targets, a
+    likelihood asked of a model without one, or an ``evaluate.best`` metric that no evaluation
+    reports."""
     cfg = recipe.evaluate
     wanted = parse_metrics(cfg.metrics)
+    if "nll" in wanted:
+        _check_likelihood(recipe)
     if any(m in PAIRED_METRICS for m in wanted) and recipe.spec.task not in PAIRED_TASKS:
         raise BadInput(
             f"evaluate.metrics: PSNR and SSIM need paired targets; {recipe.plugin} is a "
@@ -384,6 +410,8 @@ def check_ready(recipe: Any) -> None:
         names = [k for m in wanted for k in RESULT_KEYS[m]]
         if recipe.spec.task in PAIRED_TASKS:  # always measured for paired outputs
             names += [k for k in ("psnr", "ssim") if k not in names]
+        if recipe.spec.task == "super_resolution":  # Y channel, RGB beside
+            names += ["psnr_rgb", "ssim_rgb"]
         if cfg.best not in names:
             raise BadInput(
                 f"evaluate.best: {cfg.best!r} is not measured; evaluate.metrics gives: {', '.join(names)}",
@@ -393,6 +421,20 @@ def check_ready(recipe: Any) -> None:
         from genctl.evaluation import fidelity
 
         fidelity.resolve_weights(cfg.feature_extractor_weights)
+
+
+def _check_likelihood(recipe: Any) -> None:
+    spec = recipe.spec
+    has_nll = not isinstance(spec.sampler, type) or all(
+        callable(getattr(spec.sampler, m, None)) for m in ("nll", "nll_protocol")
+    )  # a sampler made by a function is known only once built: evaluate() checks it then
+    if spec.task not in ("unconditional", "conditional") or not has_nll:
+        raise BadInput(
+            f"evaluate.metrics: nll is the likelihood of test images under the model; "
+            f"{recipe.plugin} reports none",
+            "Use fid, kid, isc or prc for it (nll applies to likelihood models, whose sampler "
+            "has nll(); see docs/plugins.md).",
+        )
 
 
 def evaluate_in_training(

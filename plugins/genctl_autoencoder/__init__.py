@@ -8,7 +8,7 @@ from genctl.spec import ModelSpec
 from .config import AutoencoderConfig, VAEConfig
 from .loss import AutoencoderObjective
 from .model import Autoencoder, build
-from .sampler import AutoencoderSampler, AutoencoderSamplerOptions
+from .sampler import AutoencoderSampler, AutoencoderSamplerOptions, VAESampler
 
 __all__ = [
     "Autoencoder",
@@ -17,6 +17,7 @@ __all__ = [
     "AutoencoderSampler",
     "AutoencoderSamplerOptions",
     "VAEConfig",
+    "VAESampler",
 ]
 
 
@@ -26,13 +27,13 @@ def genctl_register_models(registry) -> None:
         task="unconditional",
         build=build,
         objective=AutoencoderObjective,
-        sampler=AutoencoderSampler,
         sampler_options=AutoencoderSamplerOptions,
     )
     registry.add(
         ModelSpec(
             name="autoencoder",
             config=AutoencoderConfig,
+            sampler=AutoencoderSampler,
             description="Deterministic convolutional autoencoder: reconstructs --input images; "
             "samples from a Gaussian fitted to its training latents",
             paper="https://www.science.org/doi/10.1126/science.1127647",
@@ -43,6 +44,7 @@ def genctl_register_models(registry) -> None:
         ModelSpec(
             name="vae",
             config=VAEConfig,
+            sampler=VAESampler,  # also reports the likelihood (negative ELBO)
             description="Variational autoencoder with a spatial latent (encode/decode for latent "
             "models); samples from N(0, I) or reconstructs --input images",
             paper="https://arxiv.org/abs/1312.6114",

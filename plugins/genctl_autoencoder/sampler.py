@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from genctl.errors import BadInput
 from genctl.spec import DataInfo, Schema
 
+from .loss import likelihood_protocol, negative_elbo
+
 
 class AutoencoderSamplerOptions(Schema):
     mode: Literal["auto", "sample", "reconstruct"] = Field(
@@ -95,3 +97,21 @@ class AutoencoderSampler:
         for i in range(0, len(x), nrow):
             rows += [inputs[i : i + nrow].to(recons.device), recons[i : i + nrow]]
         return torch.cat([*rows, samples]), nrow
+
+
+class VAESampler(AutoencoderSampler):
+    """The VAE's sampler, which also reports the model's likelihood of images to genctl's
+    evaluation (``eval/nll``, ``eval/bpd``): the negative ELBO, an upper bound on the NLL. The
+    deterministic autoencoder has no likelihood, so its sampler has none."""
+
+    def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
+        super().__init__(config, nets, data)
+        self.recon, self.decoder_std = config.recon, config.decoder_std
+
+    @torch.no_grad()
+    def nll(self, images: Tensor, labels: Tensor | None, generator: torch.Generator) -> Tensor:
+        """-ELBO in nats of each uint8 image (``labels`` unused: the VAE is unconditional)."""
+        return negative_elbo(self.net, images, self.recon, self.decoder_std, generator)
+
+    def nll_protocol(self) -> dict[str, str]:
+        return likelihood_protocol(self.recon, self.decoder_std)

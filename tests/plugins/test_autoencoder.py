@@ -12,8 +12,9 @@ from genctl_autoencoder import (
     AutoencoderSampler,
     AutoencoderSamplerOptions,
     VAEConfig,
+    VAESampler,
 )
-from genctl_autoencoder.loss import gaussian_kl, reconstruction_nll
+from genctl_autoencoder.loss import gaussian_kl, negative_elbo, reconstruction_nll
 from genctl_autoencoder.model import build, reparameterise
 from torch.distributions import Normal, kl_divergence
 
@@ -43,7 +44,7 @@ def make(variational: bool = True, size: int = 16, channels: int = 1, **options)
         config,
         nets,
         AutoencoderObjective(config, nets, data),
-        AutoencoderSampler(config, nets, data),
+        (VAESampler if variational else AutoencoderSampler)(config, nets, data),
     )
 
 
@@ -357,3 +358,80 @@ def test_cli_trains_a_vae_then_reconstructs_input_images_and_samples_new_ones(wo
     assert res.exit_code == 0 and (workdir / "grid.png").is_file(), res.output
     res = cli("sample", "--plugin", "vae", "mode=reconstruct", "--out", workdir / "x.png")
     assert res.exit_code == 2 and "--input" in res.output and "Traceback" not in res.output
+
+    # genctl evaluate: the negative ELBO of test images, logged with how it was made
+    from genctl.tracking import get_run, search_runs
+
+    run_id = search_runs(plugin="vae")[0].run_id
+    res = cli("evaluate", "--run", run_id, "--metrics", "nll", "--nll-images", 6, "--no-progress")
+    assert res.exit_code == 0, res.output
+    run = get_run(run_id)
+    assert run.metrics["eval/nll"] > 0
+    assert run.metrics["eval/bpd"] == pytest.approx(
+        run.metrics["eval/nll"] / (3 * 256 * math.log(2))
+    )
+    assert run.tags["eval.nll_split"] == "test" and run.tags["eval.nll_num_images"] == "6"
+    assert run.tags["eval.nll_estimator"].startswith("negative ELBO")
+    assert "uniform" in run.tags["eval.nll_dequantization"]  # vae.yaml: a Gaussian decoder
+
+
+# ---------------------------------------------------------------- likelihood for evaluation
+
+
+def uint8_images(n: int = 4, size: int = 16, channels: int = 1, seed: int = 5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_vae_sampler_reports_a_likelihood_and_the_autoencoder_s_does_not():
+    assert callable(getattr(get_spec("vae").sampler, "nll", None))
+    assert not hasattr(get_spec("autoencoder").sampler, "nll")
+
+
+def test_bce_negative_elbo_is_bernoulli_cross_entropy_plus_kl_for_one_posterior_sample():
+    config, nets, _, _ = make(recon="bce")
+    net = nets["autoencoder"].eval()
+    x = uint8_images()
+    got = negative_elbo(net, x, "bce", config.decoder_std, gen(7))
+    with torch.no_grad():  # by hand, with the same noise
+        mu, logvar = net.posterior(x.float() / 127.5 - 1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen(7))
+        p = torch.sigmoid(net.decode_logits(z)).double().clamp(1e-12, 1 - 1e-12)
+        t = x.double() / 255
+        bce = -(t * p.log() + (1 - t) * (1 - p).log()).flatten(1).sum(1)
+        kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).flatten(1).sum(1)
+    assert torch.allclose(got.double(), bce + kl.double(), rtol=1e-4)
+
+
+def test_gaussian_negative_elbo_keeps_the_density_s_constants_and_bounds_the_8bit_nll():
+    config, nets, _, _ = make(recon="mse", decoder_std=0.2, channels=3)
+    net = nets["autoencoder"].eval()
+    x = uint8_images(channels=3)
+    got = negative_elbo(net, x, "mse", 0.2, gen(8))
+    with torch.no_grad():
+        g = gen(8)
+        mu, logvar = net.posterior(x.float() / 127.5 - 1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
+        y = (x.float() + torch.rand(x.shape, generator=g)) / 256  # uniform dequantisation
+        mean = torch.sigmoid(net.decode_logits(z))
+        log_p = Normal(mean, 0.2).log_prob(y).flatten(1).sum(1)
+        kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).flatten(1).sum(1)
+    dims = 3 * 16 * 16
+    assert torch.allclose(got, -log_p + kl + dims * math.log(256), rtol=1e-5)
+
+
+def test_negative_elbo_is_the_same_for_a_seed_and_uses_beta_one_whatever_the_recipe():
+    config, nets, _, sampler = make(beta=4.0)
+    x = uint8_images()
+    a = sampler.nll(x, None, gen(1))
+    assert torch.equal(a, sampler.nll(x, None, gen(1)))
+    _, _, _, plain = make(beta=1.0)  # the same weights (seeded build)
+    assert torch.equal(a, plain.nll(x, None, gen(1)))
+
+
+def test_likelihood_protocol_says_what_each_decoder_s_number_means():
+    bce = make(recon="bce")[3].nll_protocol()
+    assert "binaris" in bce["data"] and "not with 8-bit" in bce["data"]
+    mse = make(recon="mse", decoder_std=0.1)[3].nll_protocol()
+    assert "std 0.1" in mse["data"] and "D ln 256" in mse["dequantization"]
+    assert bce["estimator"].startswith("negative ELBO")

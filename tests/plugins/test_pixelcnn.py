@@ -17,7 +17,7 @@ from genctl_pixelcnn.model import build, centre_mask
 from genctl.errors import BadInput
 from genctl.plugins import get_spec
 from genctl.sampling import parse_options
-from genctl.spec import DataInfo, labels_to_draw
+from genctl.spec import DataInfo
 
 TINY = {"width": 6, "layers": 2, "kernel_size": 3, "first_kernel_size": 3, "levels": 4}
 
@@ -209,15 +209,15 @@ def test_a_temperature_near_zero_samples_the_most_likely_level_whatever_the_seed
 
 def test_label_draws_that_class_and_none_cycles_through_them():
     net, _, sampler = make(size=4, classes=3, conditional=True)
-    assert labels_to_draw(sampler, 5, opts(), None).tolist() == [0, 1, 2, 0, 1]
-    assert labels_to_draw(sampler, 2, opts(label=2), None).tolist() == [2, 2]
+    assert sampler.labels(5, None).tolist() == [0, 1, 2, 0, 1]
+    assert sampler.labels(2, 2).tolist() == [2, 2]
     seven = sampler.sample(2, opts(label=1), gen(0))
     assert not torch.equal(seven, sampler.sample(2, opts(label=2), gen(0)))
 
 
 @pytest.mark.parametrize(
     "conditional,label,message",
-    [(True, 3, "class=3 is out of range"), (False, 0, "not class-conditional")],
+    [(True, 3, "label=3 is out of range"), (False, 0, "not class-conditional")],
 )
 def test_a_label_the_model_cannot_draw_is_bad_input(conditional, label, message):
     _, _, sampler = make(size=4, classes=3 if conditional else 0, conditional=conditional)
@@ -242,4 +242,106 @@ def test_input_images_are_bad_input():
 def test_bad_sampler_options_are_bad_input_listing_the_valid_ones(pair, fragment):
     with pytest.raises(BadInput, match=fragment) as err:
         parse_options(get_spec("pixelcnn"), [pair])
-    assert "temperature, class" in err.value.hint
+    assert "temperature, label" in err.value.hint
+
+
+# ---------------------------------------------------------------- likelihood for evaluation
+
+
+def all_images(channels: int, size: int, levels: int) -> torch.Tensor:
+    """Every uint8 image whose sub-pixels lie on the ``levels`` grid of 8-bit values."""
+    grid = torch.linspace(0, 255, levels).round().to(torch.uint8)
+    index = torch.cartesian_prod(*[torch.arange(levels)] * (channels * size * size))
+    return grid[index.view(-1, channels * size * size)].view(-1, channels, size, size)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_nll_is_a_proper_likelihood_the_probabilities_of_all_images_sum_to_one(channels):
+    net, _, sampler = make(size=2, channels=channels, levels=2)
+    for p in net.parameters():  # a model far from uniform, so the masks matter
+        torch.nn.init.normal_(p, std=0.5)
+    every = all_images(channels, 2, 2)  # 2^(C*4) images
+    nll = sampler.nll(every, None, gen())
+    assert nll.shape == (len(every),)
+    assert torch.exp(-nll.double()).sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("levels", [4, 256])
+def test_nll_of_a_uniform_model_is_log_levels_per_sub_pixel(levels):
+    from genctl.evaluation.likelihood import bits_per_dim
+
+    net, _, sampler = make(channels=3, levels=levels)
+    torch.nn.init.zeros_(net.head[-1].weight)
+    torch.nn.init.zeros_(net.head[-1].bias)
+    x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=gen(2))
+    nll = sampler.nll(x, None, gen())
+    assert torch.allclose(nll, torch.full((5,), 192 * math.log(levels)))
+    assert bits_per_dim(nll.mean().item(), 192) == pytest.approx(math.log2(levels))
+
+
+def test_nll_is_the_training_loss_summed_over_sub_pixels():
+    from genctl.data import to_unit
+
+    net, objective, sampler = make(channels=3)
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=gen(3))
+    loss, _ = objective.loss("pixelcnn", {"image": to_unit(x)}, 0)  # as the loader gives it
+    assert sampler.nll(x, None, gen()).mean().item() == pytest.approx(loss.item() * 192, rel=1e-5)
+
+
+def test_a_conditional_model_scores_each_image_given_its_label_and_needs_labels():
+    net, _, sampler = make(classes=3, conditional=True)
+    x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8, generator=gen(4))
+    a = sampler.nll(x, torch.tensor([0, 1]), gen())
+    b = sampler.nll(x, torch.tensor([0, 2]), gen())
+    assert a[0] == b[0] and a[1] != b[1]
+    with pytest.raises(BadInput, match="needs the images' labels"):
+        sampler.nll(x, None, gen())
+
+
+def test_likelihood_protocol_says_what_the_number_is_the_likelihood_of():
+    coarse = make(levels=4)[2].nll_protocol()
+    assert "4 levels" in coarse["data"] and "not comparable with 8-bit" in coarse["data"]
+    assert coarse["dequantization"].startswith("none")
+    assert "8-bit values" in make(levels=256)[2].nll_protocol()["data"]
+
+
+def test_cli_training_and_genctl_evaluate_log_nll_and_bpd_with_the_protocol(workdir):
+    from typer.testing import CliRunner
+
+    from genctl.cli import app
+    from genctl.recipe import recipes_dir
+    from genctl.tracking import get_run
+
+    def cli(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    shapes = "{kind: shapes, image_size: 8, channels: 1, size: 16}"
+    res = cli(
+        "train",
+        recipes_dir() / "pixelcnn.yaml",
+        f"data={shapes}",
+        "model.width=4",
+        "model.layers=1",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.sample_every=100",
+        "train.grid_size=1",
+        "evaluate.every=2",
+        "evaluate.metrics=[nll]",
+        "evaluate.nll_images=8",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    run_id = res.output.split("run ")[1].split()[0]
+    run = get_run(run_id)
+    assert {"eval/nll", "eval/bpd"} <= set(run.metrics)
+    assert 0 < run.metrics["eval/bpd"] < 2.5  # 4 levels: a uniform model scores 2
+    assert run.tags["eval.nll_split"] == "test" and run.tags["eval.nll_num_images"] == "8"
+
+    res = cli("evaluate", "--run", run_id, "--metrics", "nll", "--nll-images", 12, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "eval/bpd" in res.output and "likelihood protocol" in res.output
+    run = get_run(run_id)
+    assert run.tags["eval.nll_num_images"] == "12"
+    assert "4 levels" in run.tags["eval.nll_data"]
+    assert run.metrics["eval/nll"] == pytest.approx(run.metrics["eval/bpd"] * 64 * math.log(2))

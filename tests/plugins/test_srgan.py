@@ -177,3 +177,43 @@ def test_preview_shows_low_resolution_bicubic_model_and_high_resolution():
     torch.testing.assert_close(
         images[0::4, :, :4, :4], ((data["lr"][:, :, :1, :1] + 1) / 2).expand(-1, -1, 4, 4)
     )
+
+
+def test_evaluation_reports_y_channel_psnr_ssim_inside_a_scale_px_border_rgb_beside(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from genctl.evaluation import evaluate, source_for
+    from genctl.plugins import get_spec
+    from genctl.recipe import validate
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 1), ("test", 3)):
+        for i in range(n):
+            path = tmp_path / "hr" / split / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    spec = get_spec("srgan")
+    recipe = validate(
+        {
+            "name": "t",
+            "plugin": "srgan",
+            "model": TINY.model_dump(),
+            "data": {"kind": "super_resolution", "root": str(tmp_path / "hr"), "image_size": 32},
+        },
+        spec=spec,
+    )
+    nets = {k: v.eval() for k, v in build_networks(TINY, INFO).items()}
+    sampler = SRGANSampler(TINY, nets, INFO)
+    bicubic = SRGANSamplerOptions(method="bicubic")
+    source = source_for(recipe, sampler, device="cpu", num_samples=8, seed=0, options=bicubic)
+    res = evaluate(source, ["psnr", "ssim"], batch_size=2, progress=False)
+    assert {"psnr", "ssim", "psnr_rgb", "ssim_rgb", "psnr_bicubic", "psnr_rgb_bicubic"} <= set(
+        res.metrics
+    )
+    paired = res.protocol["eval.paired_metrics"]
+    assert "Y channel (ITU-R BT.601" in paired and "4 px cropped from each border" in paired
+    # the sampler's bicubic is the evaluation's baseline: the same numbers on both protocols
+    assert res.metrics["psnr"] == pytest.approx(res.metrics["psnr_bicubic"], abs=0.05)
+    assert res.metrics["psnr_rgb"] == pytest.approx(res.metrics["psnr_rgb_bicubic"], abs=0.05)
+    assert res.metrics["psnr"] != pytest.approx(res.metrics["psnr_rgb"], abs=0.05)
