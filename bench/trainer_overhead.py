@@ -57,24 +57,13 @@ def _recipe(steps: int, device: str):
 
 
 class _NullTracker:
-    """A tracker that records nothing: the baseline for the cost of logging."""
+    """A tracker that records nothing: the baseline for the cost of logging. Every method of the
+    real tracker answers None here, so the bench keeps working as the tracker grows."""
 
     run_id = "null"
 
-    def log_metrics(self, metrics, step):
-        pass
-
-    def log_image(self, *a, **k):
-        pass
-
-    def write_artifact(self, *a, **k):
-        pass
-
-    def flush(self, *a, **k):
-        pass
-
-    def finish(self, *a, **k):
-        pass
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 def time_genctl(steps: int, device: str, tracking: bool) -> float:
