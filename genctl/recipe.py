@@ -84,6 +84,28 @@ class EvaluateConfig(Schema):
     batch_size: int = Field(64, gt=0)
     best: str | None = None  # keep the best checkpoint by this metric
     feature_extractor_weights: str | None = None  # local Inception weights (offline)
+    # sampler options to generate with, as `genctl sample` takes them ({guidance: 3.0, steps: 50},
+    # {truncation: 0.7}): validated against the model's sampler options, recorded with the numbers
+    sampler: dict[str, Any] = {}
+
+    def sampler_options(self, spec: ModelSpec) -> BaseModel:
+        """``sampler`` validated against ``spec.sampler_options``; bad input names the key."""
+        schema = spec.sampler_options
+        try:
+            return schema.model_validate(self.sampler)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                key = ".".join(["evaluate", "sampler", *(str(p) for p in err["loc"])])
+                if err["type"] == "extra_forbidden":
+                    problems.append(f"unknown option {key!r}")
+                else:
+                    problems.append(f"{key}: {err.get('input')!r} is invalid: {err['msg']}")
+            valid = ", ".join(f.alias or n for n, f in schema.model_fields.items()) or "none"
+            raise BadInput(
+                "; ".join(problems), f"Options of the {spec.name} sampler: {valid}."
+            ) from None
+
 
 
 class TrackingConfig(Schema):
@@ -333,6 +355,11 @@ def validate(
     except ValidationError as exc:
         msg = format_validation_error(exc, spec.config, prefix=("model",))
         raise BadInput(where + msg, _fix_hint(path)) from None
+    if base.evaluate.sampler:  # (an empty one: the defaults, which the contract kit checks)
+        try:
+            base.evaluate.sampler_options(spec)
+        except BadInput as exc:
+            raise BadInput(where + exc.message, exc.hint) from None
     recipe = Recipe(base=base, model=model, spec=spec, path=path)
     if spec.check_recipe is not None:
         try:

@@ -14,7 +14,7 @@ Tensors crossing the contract:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -86,6 +86,11 @@ class Objective(Protocol):
     Optional: ``after_update(group, step)`` runs after the optimizer step of ``group``
     (weight clipping for WGAN, say).
 
+    Optional: ``grad_scaler``. An objective that declares this attribute (``grad_scaler = None``)
+    is given the trainer's ``torch.amp.GradScaler`` before training; it is enabled under
+    ``precision: fp16``. Gradient penalties take their input gradients through
+    :func:`penalty_gradients` with it, as PyTorch's AMP examples prescribe.
+
     Optional: ``optimizer_settings(group, settings) -> settings`` adjusts the optimizer made for
     ``group``: ``settings`` is the resolved ``train.optimizer`` (``train.optimizers.<group>``
     applied) as a dict (``name``, ``lr``, ``betas``, ``eps``, ``weight_decay``, ``momentum``);
@@ -109,11 +114,23 @@ class Objective(Protocol):
 class Sampler(Protocol):
     """Turns trained networks into images.
 
-    ``sample(n, options, generator, inputs=None)``: ``n`` images in [0, 1], N x C x H x W.
-    ``options`` is an instance of the spec's ``sampler_options`` schema. All randomness comes
-    from ``generator`` (a CPU ``torch.Generator``), so the same seed gives the same images.
-    ``inputs`` (float [-1, 1], on the networks' device) is given to samplers whose spec says
-    ``takes_input=True`` (translation, super-resolution, img2img); then ``n == len(inputs)``.
+    ``sample(n, options, generator, inputs=None, labels=None)``: ``n`` images in [0, 1],
+    N x C x H x W. ``options`` is an instance of the spec's ``sampler_options`` schema. All
+    randomness comes from ``generator`` (a CPU ``torch.Generator``), so the same seed gives the
+    same images. ``inputs`` (float [-1, 1], on the networks' device) is given to samplers whose
+    spec says ``takes_input=True`` (translation, super-resolution, img2img); then
+    ``n == len(inputs)``.
+
+    Class-conditional samplers say so with an attribute ``num_classes`` (> 0: the classes they
+    draw; absent or 0: none) and take ``labels``: an int64 CPU tensor of ``n`` class indices,
+    image ``i`` of class ``labels[i]``. The core always gives them (see :func:`class_labels`):
+    evaluation, ``genctl sample`` and training grids draw class ``i % num_classes`` for image
+    ``i`` of the whole draw (per seed for ``--seeds``), or every image of the class the user
+    picked with the ``class`` option (a field ``class_`` with ``alias="class"``), so no family
+    cycles classes itself. Given ``labels``, a sampler draws exactly those. Called without them
+    (from Python), it draws what it documents: ``class_labels(self, options, range(n))`` (the
+    ``class`` option's class, else balanced within the call), or the unconditional branch of a
+    classifier-free-guided model, say. Samplers without ``num_classes`` are never given labels.
 
     Optional: ``preview(batch, generator) -> (images in [0, 1], nrow)`` draws the training-time
     grid from a fixed batch of data (input | output | target side by side, say). Without it the
@@ -125,10 +142,9 @@ class Sampler(Protocol):
     saying how (``estimator``, ``data``, ``dequantization``). Evaluation's ``nll`` metric
     reports their mean as ``nll`` and ``bpd`` (see :mod:`genctl.evaluation.likelihood`).
 
-    Evaluation (FID, KID, ...) calls ``sample()`` with default options, batch by batch; a model
-    with classes should then draw them evenly (label ``i % num_classes``). Optional:
-    ``eval_images(n, batch_size, generator)`` yields the ``n`` images to evaluate instead, in
-    batches of at most ``batch_size`` (to pick evaluation options or balance classes yourself).
+    Evaluation (FID, KID, ...) calls ``sample()`` batch by batch with the recipe's
+    ``evaluate.sampler`` options and, for a class-conditional sampler, balanced labels over the
+    whole evaluation.
     """
 
     def sample(
@@ -137,7 +153,111 @@ class Sampler(Protocol):
         options: Any,
         generator: torch.Generator,
         inputs: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor: ...
+
+
+CLASS_OPTION = "class"
+"""The sampler option that picks one class for every image (``class=7``): a field ``class_``
+with ``alias="class"`` in the sampler options schema of a class-conditional model."""
+
+
+def sampler_classes(sampler: Any) -> int:
+    """How many classes ``sampler`` draws: its ``num_classes``, 0 when it takes no labels."""
+    return int(getattr(sampler, "num_classes", 0) or 0)
+
+
+def chosen_class(options: Any) -> int | None:
+    """The class the ``class`` option picks, or None (not given, or no such option)."""
+    value = getattr(options, "class_", None)
+    return None if value is None else int(value)
+
+
+def class_labels(sampler: Any, options: Any, indices: Iterable[int]) -> Tensor | None:
+    """The labels the core gives a class-conditional sampler for the images ``indices`` of a draw.
+
+    Every image of the ``class`` option's class when the options give one, else class
+    ``i % num_classes`` for image ``i``: balanced over the whole draw when ``indices`` run over
+    it (image indices of an evaluation, seeds of ``--seeds``), whatever the batches. None for a
+    sampler that takes no labels. A class out of range is bad input.
+    """
+    import torch
+
+    from genctl.errors import BadInput
+
+    k = sampler_classes(sampler)
+    if k <= 0:
+        return None
+    index = torch.as_tensor(list(indices), dtype=torch.long)
+    chosen = chosen_class(options)
+    if chosen is None:
+        return index.remainder(k)
+    if not 0 <= chosen < k:
+        raise BadInput(
+            f"{CLASS_OPTION}={chosen} is out of range", f"This model has classes 0 to {k - 1}."
+        )
+    return torch.full_like(index, chosen)
+
+
+def labels_to_draw(
+    sampler: Any, n: int, options: Any, labels: Tensor | None = None
+) -> Tensor | None:
+    """What a sampler's ``sample(n, options, generator, labels=labels)`` draws: ``labels`` when
+    genctl gives them, else :func:`class_labels` of the call (the ``class`` option's class, or
+    balanced); None for a sampler without classes, where a class or labels are bad input."""
+    from genctl.errors import BadInput
+
+    if not sampler_classes(sampler):
+        chosen = chosen_class(options)
+        if chosen is not None or labels is not None:
+            what = f"{CLASS_OPTION}={chosen}" if chosen is not None else "labels"
+            raise BadInput(
+                f"{what} given, but this model is not class-conditional",
+                f"Drop the {CLASS_OPTION} option; only a model trained to condition on the "
+                "labels of its data draws classes.",
+            )
+        return None
+    if labels is None:
+        return class_labels(sampler, options, range(n))
+    if labels.shape != (n,):
+        raise ValueError(f"labels of shape {tuple(labels.shape)} for {n} images")
+    return labels
+
+
+def draw(
+    sampler: Any, n: int, options: Any, generator: torch.Generator, *, first: int = 0
+) -> Tensor:
+    """``sampler.sample`` as the core calls it for images ``first .. first + n - 1`` of a draw:
+    with their :func:`class_labels` when the sampler is class-conditional."""
+    labels = class_labels(sampler, options, range(first, first + n))
+    if labels is None:
+        return sampler.sample(n, options, generator)
+    return sampler.sample(n, options, generator, labels=labels)
+
+
+def penalty_gradients(outputs: Tensor, inputs: Tensor, scaler: Any = None) -> Tensor:
+    """The gradient of ``outputs.sum()`` with respect to ``inputs``, with a graph, for gradient
+    penalties (WGAN-GP, R1). Returned in float32.
+
+    Under ``precision: fp16`` the trainer scales the loss (its ``GradScaler``, the objective's
+    ``grad_scaler``) so that small gradients do not underflow in half precision. A penalty's
+    own ``autograd.grad`` needs the same care (PyTorch AMP examples, "Gradient penalty"): the
+    outputs are scaled before the gradient is taken and the gradient unscaled after. The
+    unscaling multiplies by the scale's inverse on the device, with no host sync. The scaled
+    quantity is the outputs' mean, so each output's gradient is scale / N, as in a loss averaged
+    over the batch (a sum would overflow float16 at the default scale of 2^16 with any batch).
+    Without a scaler, or with a disabled one, this is the plain gradient.
+    """
+    import torch
+
+    if scaler is None or not scaler.is_enabled():
+        (grad,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
+        return grad.float()
+    n = outputs.numel()
+    scale = scaler.scale(torch.ones((), device=outputs.device))  # a device tensor
+    scaled = scaler.scale(outputs.float().sum() / n)
+    (grad,) = torch.autograd.grad(scaled, inputs, create_graph=True)
+    return grad.float() * (n / scale)
 
 
 BuildFn = Callable[[Any, DataInfo], "dict[str, nn.Module]"]

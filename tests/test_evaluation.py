@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import Field
 
 import genctl.evaluation as ev
 from genctl.errors import BadInput
@@ -728,4 +729,125 @@ def test_nll_during_training_is_returned_and_recorded(cache, tmp_path):
     assert tracker.tags["eval.nll_num_images"] == "8"
     assert tracker.artifacts["evaluation/step-00000005.json"]["protocol"]["eval.nll_data"] == (
         "the 8-bit values"
+    )
+
+
+# ---------------------------------------------------------------- conditional models: labels and options
+
+
+class LabelRecorder(toy.ToySampler):
+    """A class-conditional toy sampler that records the labels evaluation gives it."""
+
+    def __init__(self, config, nets, info):
+        super().__init__(config, nets, info)
+        self.num_classes, self.drawn = info.num_classes, []
+
+    def sample(self, n, options, generator, inputs=None, labels=None):
+        self.drawn.append(labels)
+        return super().sample(n, options, generator)
+
+
+class LabelledOptions(toy.ToyOptions):
+    model_config = toy.ToyOptions.model_config | {"populate_by_name": True}
+
+    class_: int | None = Field(None, alias="class", ge=0)
+
+
+LABELLED = ModelSpec(
+    name="ltoy",
+    task="conditional",
+    config=toy.ToyConfig,
+    build=toy.build,
+    objective=toy.ToyObjective,
+    sampler=LabelRecorder,
+    sampler_options=LabelledOptions,
+)
+
+
+def _labelled(evaluate: dict | None = None):
+    """A class-conditional toy on the shapes' 3 classes, and its recording sampler."""
+    raw = {**TOY_RECIPE, "plugin": "ltoy", "evaluate": evaluate or {}}
+    recipe = validate(raw, spec=LABELLED)
+    info = DataInfo("conditional", 3, 8, num_classes=3)
+    return recipe, LabelRecorder(recipe.model, toy.build(recipe.model, info), info)
+
+
+def test_evaluation_in_batches_draws_every_class_equally(cache):
+    recipe, sampler = _labelled()
+    source = source_for(recipe, sampler, device="cpu", num_samples=15, seed=0)
+    batches = list(source.generate(4))  # 4 + 4 + 4 + 3: batches must not restart the classes
+    drawn = torch.cat(sampler.drawn)
+    assert [len(b) for b in batches] == [4, 4, 4, 3]
+    assert drawn.tolist() == [i % 3 for i in range(15)]
+    assert torch.bincount(drawn).tolist() == [5, 5, 5]
+    assert source.protocol["eval.labels"] == "balanced"
+
+
+def test_evaluation_class_option_draws_that_class_only(cache):
+    recipe, sampler = _labelled({"sampler": {"class": 2}})
+    source = source_for(recipe, sampler, device="cpu", num_samples=5, seed=0)
+    list(source.generate(2))
+    assert torch.cat(sampler.drawn).tolist() == [2] * 5
+    assert source.protocol["eval.labels"] == "class 2"
+
+
+def test_evaluate_sampler_options_of_the_recipe_are_drawn_with_and_recorded(cache):
+    recipe, sampler = _labelled({"sampler": {"scale": 0.0}})  # zero noise: one image, repeated
+    source = source_for(recipe, sampler, device="cpu", num_samples=4, seed=0)
+    images = torch.cat(list(source.generate(4)))
+    assert torch.equal(images[0], images[3])  # the same class (0), the same (no) noise
+    assert json.loads(source.protocol["eval.sampler"]) == {"scale": 0.0}
+
+
+def test_sampler_options_and_labels_change_the_protocol_id_defaults_do_not():
+    base = {"eval.num_generated": "10", "eval.num_real": "10"}
+    plain = ev.protocol_id(base)
+    assert ev.protocol_id({**base, "eval.sampler": "{}", "eval.labels": "none"}) == plain
+    ids = {
+        plain,
+        ev.protocol_id({**base, "eval.sampler": '{"guidance": 3.0}', "eval.labels": "none"}),
+        ev.protocol_id({**base, "eval.sampler": "{}", "eval.labels": "balanced"}),
+        ev.protocol_id({**base, "eval.sampler": "{}", "eval.labels": "class 2"}),
+    }
+    assert len(ids) == 4
+
+
+def test_unknown_evaluate_sampler_option_is_bad_input_naming_the_key_and_the_options():
+    with pytest.raises(BadInput) as err:
+        _labelled({"sampler": {"scael": 2.0}})
+    assert "unknown option 'evaluate.sampler.scael'" in err.value.message
+    assert "scale, class" in err.value.hint
+
+
+def test_invalid_evaluate_sampler_value_is_bad_input_naming_the_key():
+    with pytest.raises(BadInput, match=r"evaluate\.sampler\.class: -1 is invalid"):
+        _labelled({"sampler": {"class": -1}})
+
+
+def test_options_that_make_a_figure_cannot_be_evaluated(cache):
+    recipe, sampler = _labelled()
+    sampler.nrow = lambda options: 5  # a sampler mode that draws a grid of its own
+    with pytest.raises(BadInput, match="make a figure"):
+        source_for(recipe, sampler, device="cpu", num_samples=4, seed=0)
+
+
+def test_evaluation_during_training_of_a_conditional_model_records_balanced_labels(
+    inception_weights, cache, tmp_path
+):
+    recipe, sampler = _labelled(
+        {
+            "metrics": ["kid"],
+            "num_samples": 6,
+            "batch_size": 4,
+            "sampler": {"scale": 0.5},
+            "feature_extractor_weights": str(inception_weights),
+        }
+    )
+    tracker = RecordingTracker(tmp_path)
+    evaluate_in_training(recipe, LABELLED, {}, sampler, 5, "cpu", tracker)
+    assert torch.cat(sampler.drawn).tolist() == [0, 1, 2, 0, 1, 2]
+    assert tracker.tags["eval.labels"] == "balanced"
+    assert tracker.tags["eval.sampler"] == '{"scale": 0.5}'
+    assert (
+        tracker.artifacts["evaluation/step-00000005.json"]["protocol"]["eval.labels"] == "balanced"
     )

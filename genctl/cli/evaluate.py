@@ -13,7 +13,8 @@ def evaluate_command(
     options: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Sampler options key=value used to generate (see `genctl plugins list`)."
+            help="Sampler options key=value to generate with, over the recipe's evaluate.sampler "
+            "(see `genctl plugins list`)."
         ),
     ] = None,
     run: Annotated[
@@ -71,11 +72,13 @@ def evaluate_command(
     \b
     genctl evaluate --run RUN_ID
     genctl evaluate --run RUN_ID --metrics fid,kid,isc,prc --num-samples 50000
+    genctl evaluate --run RUN_ID guidance=3.0 steps=50
     genctl evaluate --checkpoint model.pt --device cuda
     """
     from genctl.evaluation import evaluate, parse_metrics, source_for
+    from genctl.evaluation.sources import evaluation_options
     from genctl.recipe import validate
-    from genctl.sampling import find_checkpoint, load_model, parse_options
+    from genctl.sampling import find_checkpoint, load_model
     from genctl.trainer import _pick_device
 
     if (run is None) == (checkpoint is None):
@@ -85,7 +88,7 @@ def evaluate_command(
     model = load_model(find_checkpoint(run=run, path=checkpoint), dev)
     recipe = validate(model.recipe, model.source, spec=model.spec)
     cfg = recipe.evaluate
-    opts = parse_options(model.spec, list(options or []))
+    opts = evaluation_options(recipe, list(options or []))
     n = num_samples or cfg.num_samples
     source = source_for(
         recipe,
@@ -105,9 +108,6 @@ def evaluate_command(
         batch_size=batch_size or cfg.batch_size,
         progress=progress,
     )
-    if options:
-        result.protocol["eval.sampler_options"] = " ".join(options)
-
     typer.echo(f"{model.spec.name} at step {model.step} ({model.source})")
     typer.echo(format_table(result.logged()))
     typer.echo(format_protocol(result.protocol))
@@ -161,6 +161,10 @@ def format_protocol(p: dict[str, str]) -> str:
         )
     if "eval.kid_subset_size" in p:
         parts.append(f"KID subsets {p['eval.kid_subsets']} x {p['eval.kid_subset_size']}")
+    if p.get("eval.sampler", "{}") != "{}":
+        parts.append(f"sampler {p['eval.sampler']}")
+    if p.get("eval.labels", "none") != "none":
+        parts.append(f"labels {p['eval.labels']}")
     return f"protocol {p['eval.protocol']}: " + "; ".join(parts)
 
 

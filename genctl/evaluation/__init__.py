@@ -132,7 +132,7 @@ def evaluate(
         )
     device = torch.device(device)
     notes = list(source.notes)
-    protocol: dict[str, str] = {"eval.num_generated": str(source.count)}
+    protocol: dict[str, str] = {**source.protocol, "eval.num_generated": str(source.count)}
     values: dict[str, float] = {}
 
     extractor = weights_file = real = None
@@ -247,10 +247,16 @@ PROTOCOL_KEYS = (
     "eval.paired_metrics",
 )
 
+# Hashed only when not the default shown here: the sampler options that differ from the
+# defaults and the labels drawn (sources.sampler_protocol), so ids made before they existed stand.
+PROTOCOL_DEFAULTS = {"eval.sampler": "{}", "eval.labels": "none"}
+
 
 def protocol_id(protocol: dict[str, str]) -> str:
     """A short hash of how the numbers were made: equal ids, comparable numbers."""
-    blob = json.dumps({k: protocol.get(k) for k in PROTOCOL_KEYS}, sort_keys=True)
+    keys = {k: protocol.get(k) for k in PROTOCOL_KEYS}
+    keys.update({k: protocol[k] for k, v in PROTOCOL_DEFAULTS.items() if protocol.get(k, v) != v})
+    blob = json.dumps(keys, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -3,8 +3,10 @@
 :class:`ImageSource` is the whole contract between a model family and the evaluation. The core
 builds one from the recipe's task, so no family needs special code:
 
-* ``unconditional`` / ``conditional``: ``sampler.sample`` with default options (or the sampler's
-  optional ``eval_images``), against the training images (a fixed random subset);
+* ``unconditional`` / ``conditional``: ``sampler.sample`` with the recipe's ``evaluate.sampler``
+  options, against the training images (a fixed random subset). A class-conditional sampler is
+  given its labels (:func:`genctl.spec.class_labels`): class ``i % num_classes`` for image ``i``
+  of the whole evaluation, or the ``class`` option's class;
 * ``paired`` / ``unpaired`` (translation): the test split's inputs translated, against the
   target domain's test images; paired outputs are also compared one by one (PSNR, SSIM);
 * ``super_resolution``: the test split's HR images downscaled as in training and upscaled by the
@@ -16,6 +18,7 @@ A family that wants something else builds its own :class:`ImageSource` and calls
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from genctl.data import to_unit
 from genctl.errors import BadInput
+from genctl.spec import chosen_class, draw, sampler_classes
 
 Batches = Callable[[int], Iterable[Tensor]]  # batch_size -> batches of images, in order
 
@@ -43,6 +47,8 @@ class ImageSource:
     paired: bool = False  # generated image i predicts real image i: PSNR and SSIM apply
     baselines: dict[str, Batches] = field(default_factory=dict)  # paired, e.g. {"bicubic": ...}
     notes: list[str] = field(default_factory=list)  # said to the user with the results
+    # how the images were made (eval.sampler, eval.labels): recorded with the numbers
+    protocol: dict[str, str] = field(default_factory=dict)
     # paired: PSNR/SSIM on the Y channel (RGB beside), after cropping `border` px (super-resolution)
     y_channel: bool = False
     border: int = 0
@@ -66,17 +72,41 @@ def from_uint8(images: Tensor, device: torch.device | str) -> Tensor:
 
 
 def sampled(sampler: Any, options: Any, n: int, seed: int) -> Batches:
-    """Batches of ``sampler.sample(k, options, generator)``, or of the sampler's ``eval_images``."""
+    """Batches of ``sampler.sample(k, options, generator)``: images 0 .. n-1 of one draw.
+
+    A class-conditional sampler gets the labels of each batch's images within the whole draw
+    (:func:`genctl.spec.draw`), so the classes are balanced whatever the batch size.
+    """
 
     def batches(batch_size: int) -> Iterator[Tensor]:
         generator = torch.Generator().manual_seed(seed)
-        if hasattr(sampler, "eval_images"):
-            yield from sampler.eval_images(n, batch_size, generator)
-            return
         for start in range(0, n, batch_size):
-            yield sampler.sample(min(batch_size, n - start), options, generator)
+            yield draw(sampler, min(batch_size, n - start), options, generator, first=start)
 
     return batches
+
+
+def sampler_protocol(sampler: Any, options: Any) -> dict[str, str]:
+    """What the sampler was asked for, as protocol entries: ``eval.sampler``, the options that
+    differ from the defaults as JSON (``{}``: all defaults), and ``eval.labels``, the classes
+    drawn (``balanced``, ``class N``, or ``none`` for a sampler without labels)."""
+    changed = {}
+    if options is not None:
+        changed = options.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    labels = "none"
+    if sampler_classes(sampler):
+        chosen = chosen_class(options)
+        labels = "balanced" if chosen is None else f"class {chosen}"
+    return {"eval.sampler": json.dumps(changed, sort_keys=True), "eval.labels": labels}
+
+
+def evaluation_options(recipe: Any, pairs: Iterable[str] = ()) -> Any:
+    """The sampler options evaluation draws with: the recipe's ``evaluate.sampler``, then
+    ``key=value`` ``pairs`` from the command line (``genctl evaluate ... guidance=3.0``)."""
+    from genctl.sampling import parse_options
+
+    given = [f"{k}={json.dumps(v)}" for k, v in recipe.evaluate.sampler.items()]
+    return parse_options(recipe.spec, [*given, *pairs])
 
 
 def translated(
@@ -143,11 +173,17 @@ def source_for(
 ) -> ImageSource:
     """The :class:`ImageSource` of a recipe's model: see the module docstring.
 
+    ``options``: the sampler options to draw with (default: the recipe's ``evaluate.sampler``).
     ``nll_images``: test images the likelihood scores (default: ``evaluate.nll_images``, else all).
     """
     spec = recipe.spec
-    options = options if options is not None else spec.sampler_options()
-    task = spec.task
+    options = options if options is not None else evaluation_options(recipe)
+    if getattr(sampler, "nrow", None) is not None and sampler.nrow(options) is not None:
+        raise BadInput(
+            "these sampler options make a figure (a grid of its own), not samples to evaluate",
+            "Evaluate with the sampler's plain sampling mode (see evaluate.sampler).",
+        )
+    task, protocol = spec.task, sampler_protocol(sampler, options)
     if task in ("unconditional", "conditional"):
         from genctl.data import load_dataset
 
@@ -157,7 +193,7 @@ def source_for(
         from genctl.evaluation.likelihood import held_out
 
         heldout = held_out(recipe, sampler, nll_images or recipe.evaluate.nll_images, seed)
-        return ImageSource(generate, num_samples, real, name, likelihood=heldout)
+        return ImageSource(generate, num_samples, real, name, protocol=protocol, likelihood=heldout)
 
     data, notes = _test_split(recipe.data)
     t = data.tensors
@@ -166,16 +202,14 @@ def source_for(
         n = min(num_samples, len(t["input"]))
         inputs, targets = t["input"][:n], t["target"][:n]
         name = f"{_where(recipe.data)} {split} targets ({n})"
-        return ImageSource(
-            translated(sampler, options, inputs, seed, device), n, targets, name, True, notes=notes
-        )
+        generate = translated(sampler, options, inputs, seed, device)
+        return ImageSource(generate, n, targets, name, True, notes=notes, protocol=protocol)
     if task == "unpaired":
         n = min(num_samples, len(t["a"]))
         real = t["b"][: min(num_samples, len(t["b"]))]
         name = f"{_where(recipe.data)} {split} target domain ({len(real)})"
-        return ImageSource(
-            translated(sampler, options, t["a"][:n], seed, device), n, real, name, notes=notes
-        )
+        generate = translated(sampler, options, t["a"][:n], seed, device)
+        return ImageSource(generate, n, real, name, notes=notes, protocol=protocol)
     if task == "super_resolution":
         n = min(num_samples, len(t["hr"]))
         hr, scale = t["hr"][:n], recipe.data.scale
@@ -184,7 +218,7 @@ def source_for(
         baselines = {"bicubic": bicubic(hr, scale)}
         # as SR papers report: the Y channel, `scale` px cropped from each border
         return ImageSource(
-            generate, n, hr, name, True, baselines, notes, y_channel=True, border=scale
+            generate, n, hr, name, True, baselines, notes, protocol, y_channel=True, border=scale
         )
     raise BadInput(f"cannot evaluate models of task {task!r}")
 

@@ -13,26 +13,31 @@ law as ``torch.multinomial``, and the same images on any device up to float roun
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from genctl.errors import BadInput
-from genctl.spec import DataInfo, Schema
+from genctl.spec import DataInfo, Schema, labels_to_draw
 
 from .loss import image_nll, likelihood_protocol
 
 
 class PixelCNNSamplerOptions(Schema):
+    model_config = Schema.model_config | {"populate_by_name": True}
+
     temperature: float = Field(
         1.0,
         gt=0,
         description="divides the logits: below 1, sharper (cleaner, less varied) images",
     )
-    label: int | None = Field(
+    class_: int | None = Field(
         None,
+        alias="class",
+        validation_alias=AliasChoices("class", "label"),  # label=: its first name
         ge=0,
-        description="class to draw (conditional models); default: cycle through the classes",
+        description="class to draw (conditional models); default: the classes genctl gives, "
+        "image i of class i mod the number of classes",
     )
 
 
@@ -40,6 +45,7 @@ class PixelCNNSampler:
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.net = nets.get("pixelcnn_ema", nets["pixelcnn"])
         self.size = data.image_size
+        self.num_classes = self.net.num_classes  # 0: unconditional, takes no labels
 
     @torch.no_grad()
     def nll(self, images: Tensor, labels: Tensor | None, generator: torch.Generator) -> Tensor:
@@ -49,24 +55,6 @@ class PixelCNNSampler:
     def nll_protocol(self) -> dict[str, str]:
         return likelihood_protocol(self.net.levels, bool(self.net.num_classes))
 
-    def labels(self, n: int, label: int | None) -> Tensor | None:
-        """``label`` repeated, or 0, 1, ..., K-1, 0, ... when None; None if unconditional."""
-        k = self.net.num_classes
-        if not k:
-            if label is not None:
-                raise BadInput(
-                    f"pixelcnn: label={label} given, but this model is not class-conditional",
-                    "Drop the label option, or train with model.conditional: true on labelled data.",
-                )
-            return None
-        if label is None:
-            return torch.arange(n) % k
-        if label >= k:
-            raise BadInput(
-                f"pixelcnn: label={label} is out of range", f"This model has classes 0 to {k - 1}."
-            )
-        return torch.full((n,), label)
-
     @torch.no_grad()
     def sample(
         self,
@@ -74,7 +62,9 @@ class PixelCNNSampler:
         options: PixelCNNSamplerOptions,
         generator: torch.Generator,
         inputs: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
+        """``n`` images; image i of class ``labels[i]`` for a conditional model."""
         if inputs is not None:
             raise BadInput(
                 "pixelcnn draws images pixel by pixel from nothing; it takes no --input",
@@ -82,7 +72,7 @@ class PixelCNNSampler:
             )
         net = self.net
         device = next(net.parameters()).device
-        labels = self.labels(n, options.label)
+        labels = labels_to_draw(self, n, options, labels)
         labels = None if labels is None else labels.to(device)
         c, s, levels = net.channels, self.size, net.levels
         uniform = torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).to(device)

@@ -17,7 +17,7 @@ from genctl_pixelcnn.model import build, centre_mask
 from genctl.errors import BadInput
 from genctl.plugins import get_spec
 from genctl.sampling import parse_options
-from genctl.spec import DataInfo
+from genctl.spec import DataInfo, labels_to_draw
 
 TINY = {"width": 6, "layers": 2, "kernel_size": 3, "first_kernel_size": 3, "levels": 4}
 
@@ -209,15 +209,15 @@ def test_a_temperature_near_zero_samples_the_most_likely_level_whatever_the_seed
 
 def test_label_draws_that_class_and_none_cycles_through_them():
     net, _, sampler = make(size=4, classes=3, conditional=True)
-    assert sampler.labels(5, None).tolist() == [0, 1, 2, 0, 1]
-    assert sampler.labels(2, 2).tolist() == [2, 2]
+    assert labels_to_draw(sampler, 5, opts(), None).tolist() == [0, 1, 2, 0, 1]
+    assert labels_to_draw(sampler, 2, opts(label=2), None).tolist() == [2, 2]
     seven = sampler.sample(2, opts(label=1), gen(0))
     assert not torch.equal(seven, sampler.sample(2, opts(label=2), gen(0)))
 
 
 @pytest.mark.parametrize(
     "conditional,label,message",
-    [(True, 3, "label=3 is out of range"), (False, 0, "not class-conditional")],
+    [(True, 3, "class=3 is out of range"), (False, 0, "not class-conditional")],
 )
 def test_a_label_the_model_cannot_draw_is_bad_input(conditional, label, message):
     _, _, sampler = make(size=4, classes=3 if conditional else 0, conditional=conditional)
@@ -242,7 +242,7 @@ def test_input_images_are_bad_input():
 def test_bad_sampler_options_are_bad_input_listing_the_valid_ones(pair, fragment):
     with pytest.raises(BadInput, match=fragment) as err:
         parse_options(get_spec("pixelcnn"), [pair])
-    assert "temperature, label" in err.value.hint
+    assert "temperature, class" in err.value.hint
 
 
 # ---------------------------------------------------------------- likelihood for evaluation
