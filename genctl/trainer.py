@@ -371,13 +371,15 @@ def _preview_batch(dataset, n: int, device, sampler):
 @torch.no_grad()
 def _log_grid(tracker, sampler, spec, preview, cfg: TrainConfig, step: int, nets) -> None:
     from genctl.sampling import grid_image
+    from genctl.spec import draw
 
     with _eval_mode(nets):
         gen = torch.Generator().manual_seed(cfg.seed)  # the same noise every time: comparable grids
         if preview is not None:
             images, nrow = sampler.preview(preview, gen)
         else:
-            images = sampler.sample(cfg.grid_size, spec.sampler_options(), gen)
+            # a class-conditional sampler gets the classes in turn, as genctl sample gives them
+            images = draw(sampler, cfg.grid_size, spec.sampler_options(), gen)
             nrow = int(math.ceil(math.sqrt(len(images))))
         tracker.log_image(grid_image(images, nrow), key="samples", step=step)
 

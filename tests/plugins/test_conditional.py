@@ -69,3 +69,26 @@ def test_cfg_ddpm_is_evaluated_on_its_conditional_branch_with_the_recipes_guidan
     # the unconditional branch (no labels, guidance 1) draws other images from the same noise
     plain = sample(3, c.spec.sampler_options(steps=4), torch.Generator().manual_seed(0))
     assert not torch.allclose(evaluated[:3], plain, atol=1e-4)
+
+
+def test_training_grid_of_a_conditional_model_draws_the_classes_in_turn():
+    from genctl.trainer import _log_grid
+
+    c = _contract("dcgan", extra=("train.grid_size=7",))
+    nets = c.build()
+    sampler = c.sampler(nets)
+    drawn, logged = [], []
+    sample = sampler.sample
+
+    def spy(n, options, generator, inputs=None, labels=None):
+        drawn.append(labels.tolist())
+        return sample(n, options, generator, inputs, labels)
+
+    class Tracker:
+        def log_image(self, image, key, step):
+            logged.append((image.shape, key, step))
+
+    sampler.sample = spy
+    _log_grid(Tracker(), sampler, c.spec, None, c.recipe.train, 3, nets)
+    assert drawn == [[0, 1, 2, 0, 1, 2, 0]]
+    assert logged and logged[0][1:] == ("samples", 3)
