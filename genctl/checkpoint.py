@@ -26,15 +26,14 @@ FINAL = "model/final.pt"
 
 
 def save(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``payload`` to ``path`` atomically (temporary file, fsync, rename): a failed or
+    interrupted write, a full disk or a killed process leave the previous file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(payload, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -42,8 +41,40 @@ def save(payload: dict[str, Any], path: str | Path) -> None:
 
 
 def write(payload: dict[str, Any], f) -> None:
-    """Serialise ``payload`` (tagged with the format) to a path or file object."""
-    torch.save({"format": FORMAT, "format_version": VERSION, **payload}, f)
+    """Serialise ``payload`` (tagged with the format) to a path or a binary file object.
+
+    A path is written through a Python file and fsynced, so a full disk is an ``OSError`` with
+    ``errno.ENOSPC`` (``torch.save`` given the path itself reports it as an opaque RuntimeError)
+    and the bytes are on disk before the caller renames the file into place.
+    """
+    tagged = {"format": FORMAT, "format_version": VERSION, **payload}
+    if not isinstance(f, str | os.PathLike):
+        torch.save(tagged, f)
+        return
+    with open(f, "wb") as out:
+        torch.save(tagged, out)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def nbytes(payload: Any) -> int:
+    """About how many bytes ``payload`` takes in a checkpoint: its tensors' storages, once each."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    stack = [payload]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            key = (str(x.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+    return total
 
 
 def load(path: str | Path) -> dict[str, Any]:

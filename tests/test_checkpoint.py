@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 
@@ -60,3 +61,17 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "x": Evil()}, p)
     with pytest.raises(BadInput):
         checkpoint.load(p)
+
+
+def test_nbytes_counts_each_tensor_storage_once():
+    w = torch.zeros(1000)
+    payload = {"a": w, "b": [w, w[:10]], "c": torch.zeros(10, dtype=torch.int64), "d": "x"}
+    assert checkpoint.nbytes(payload) == 4000 + 80
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_full_disk_is_an_enospc_error():
+    # /dev/full fails every write with ENOSPC, as a full disk does
+    with pytest.raises(OSError) as info:
+        checkpoint.write({"step": 1, "w": torch.zeros(100_000)}, "/dev/full")
+    assert info.value.errno == errno.ENOSPC
