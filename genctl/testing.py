@@ -46,6 +46,11 @@ own ``model.*`` overrides to shrink its networks) and checks:
     change when only other images' labels do; ``class=N`` without labels draws what labels of
     all N draw. Samplers without classes pass as they are.
 
+``likelihood``
+    a sampler with ``nll`` (a likelihood model) also has ``nll_protocol``; ``nll`` gives one
+    finite value per uint8 image of the data, the same for the same seed whatever the global
+    random state; ``nll_protocol()`` is a dict of strings under names of the family's own.
+
 A failed check raises :class:`ContractError` (an ``AssertionError``) saying what is wrong.
 """
 
@@ -472,12 +477,63 @@ def check_labels(c: Contract) -> None:
         )
 
 
+def check_likelihood(c: Contract) -> None:
+    """A likelihood model's ``nll``: one finite value per uint8 image, reproducible, described.
+
+    Evaluation's ``nll`` metric averages it over test images and records ``nll_protocol()``
+    beside the number (see :mod:`genctl.evaluation.likelihood`).
+    """
+    from genctl.evaluation.likelihood import _family_protocol, supports
+
+    nets = c.build()
+    sampler = c.sampler(nets)
+    has = [m for m in ("nll", "nll_protocol") if callable(getattr(sampler, m, None))]
+    if not has:
+        return  # not a likelihood model
+    if not supports(sampler):
+        raise ContractError(
+            f"{c.name}: the sampler has {has[0]}() but not the other of nll() and nll_protocol()"
+        )
+    if c.spec.task not in ("unconditional", "conditional"):
+        raise ContractError(
+            f"{c.name}: nll() is scored on images of the data; a {c.spec.task} model has none"
+        )
+    images = c.dataset.tensors["image"][:4].to(c.device)
+    labels = c.dataset.labels
+    labels = None if labels is None else labels[:4].to(c.device)
+
+    def nll() -> torch.Tensor:
+        with torch.no_grad():
+            return sampler.nll(images.clone(), labels, torch.Generator().manual_seed(0))
+
+    torch.manual_seed(1234)
+    first = nll()
+    if not isinstance(first, torch.Tensor) or first.shape != (len(images),):
+        got = tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+        raise ContractError(
+            f"{c.name}: nll() must return one value per image ({len(images)}), got {got}"
+        )
+    if not torch.isfinite(first).all():
+        raise ContractError(f"{c.name}: nll() gave non-finite values {first.tolist()}")
+    torch.manual_seed(4321)  # the global random state must not matter
+    if not torch.equal(first, nll()):
+        raise ContractError(
+            f"{c.name}: nll() with the same seed gave another value; draw all randomness "
+            "(dequantisation noise, posterior samples) from the generator it is given"
+        )
+    try:
+        _family_protocol(sampler)
+    except RuntimeError as exc:
+        raise ContractError(f"{c.name}: {exc}") from None
+
+
 CHECKS: dict[str, Callable[[Contract], None]] = {
     "schemas": check_schemas,
     "training_step": check_training_step,
     "checkpoint": check_checkpoint,
     "sampler": check_sampler,
     "labels": check_labels,
+    "likelihood": check_likelihood,
 }
 """Every check by name, for ``pytest.mark.parametrize``."""
 

@@ -326,3 +326,52 @@ def test_sampler_whose_class_option_draws_other_classes_fails():
 
 def test_unconditional_samplers_pass_the_labels_check_as_they_are():
     testing.check_labels(contract())
+
+
+# ---------------------------------------------------------------- likelihood models
+
+
+class Likelihood(toy.ToySampler):
+    """The toy sampler with a likelihood: each pixel uniform over its 256 values, plus noise."""
+
+    def nll(self, images, labels, generator):
+        noise = torch.rand(len(images), generator=generator)  # from the generator: reproducible
+        return torch.full((len(images),), images[0].numel() * 5.545) + noise
+
+    def nll_protocol(self):
+        return {"estimator": "exact", "data": "the 8-bit values", "dequantization": "none"}
+
+
+def test_a_likelihood_model_that_keeps_the_contract_passes():
+    testing.CHECKS["likelihood"](contract(replace(toy.SPEC, sampler=Likelihood)))
+
+
+def test_nll_without_nll_protocol_fails():
+    class NoProtocol(toy.ToySampler):
+        nll = Likelihood.nll
+
+    fails("likelihood", replace(toy.SPEC, sampler=NoProtocol), "not the other of nll")
+
+
+def test_nll_of_one_mean_value_for_the_batch_fails():
+    class Mean(Likelihood):
+        def nll(self, images, labels, generator):
+            return super().nll(images, labels, generator).mean()
+
+    fails("likelihood", replace(toy.SPEC, sampler=Mean), r"one value per image \(4\), got \(\)")
+
+
+def test_nll_drawing_noise_from_the_global_random_state_fails():
+    class Global(Likelihood):
+        def nll(self, images, labels, generator):
+            return torch.full((len(images),), 100.0) + torch.rand(len(images))
+
+    fails("likelihood", replace(toy.SPEC, sampler=Global), "same seed gave another value")
+
+
+def test_a_protocol_key_genctl_records_itself_fails():
+    class Clash(Likelihood):
+        def nll_protocol(self):
+            return {"split": "test"}
+
+    fails("likelihood", replace(toy.SPEC, sampler=Clash), "key 'split'")
