@@ -198,14 +198,20 @@ def grid_image(images: torch.Tensor, nrow: int):
 def save_images(
     images: torch.Tensor, out: Path, nrow: int | None = None, names: list[str] | None = None
 ) -> list[Path]:
-    """Write a grid PNG (``out`` ends in .png/.jpg) or one PNG per image into folder ``out``."""
+    """Write a grid PNG (``out`` ends in .png/.jpg) or one PNG per image into folder ``out``.
+
+    An interrupt waits for the file being written: what is on disk is whole files.
+    """
     from PIL import Image
+
+    from genctl.interrupts import deferred
 
     images = images.detach().float().clamp(0, 1).cpu()
     if out.suffix.lower() in IMAGE_SUFFIXES:
         out.parent.mkdir(parents=True, exist_ok=True)
         array = grid_image(images, nrow or int(math.ceil(math.sqrt(len(images)))))
-        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out)
+        with deferred():
+            Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(out)
         return [out]
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -213,6 +219,7 @@ def save_images(
         array = img.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         name = names[i] if names and i < len(names) else f"{i:05d}"
         path = out / f"{name}.png"
-        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+        with deferred():
+            Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
         paths.append(path)
     return paths

@@ -2,17 +2,21 @@
 
 The default store is MLflow's own embedded default, ``sqlite:///mlflow.db`` with artifacts in
 ``./mlruns``; ``tracking.uri`` in the recipe or ``MLFLOW_TRACKING_URI`` point elsewhere (a team's
-``mlflow server``). Metrics are queued and written in batches by a background thread, so logging
-never waits on the store inside the training loop; a store that goes away is retried and what was
-queued is kept until it comes back or the run ends.
+``mlflow server``). Logging never waits on the store inside the training loop: metrics and tags
+are queued and written in batches by a background thread, and artifacts for a remote store are
+written to a local staging folder first and uploaded by another. A store that goes away is retried
+with backoff while training goes on; what was queued is kept (metrics in memory, artifacts on the
+local disk) until it comes back. At the end of a run genctl waits for a store that is away until it
+has been away ``tracking.retry_seconds``, then lists what it did not receive and where that is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -61,8 +65,102 @@ def local_path(artifact_uri: str) -> Path | None:
     return None
 
 
+DEFAULT_RETRY_SECONDS = 600.0  # tracking.retry_seconds: how long a store that is away is waited for
+MAX_BACKOFF = 5.0  # seconds between tries while the store is away: it is noticed back within this
+NOT_UPLOADED_TAG = "genctl.not_uploaded"  # artifacts the store never got, with their local paths
+
+
+def staging_root() -> Path:
+    """Where artifacts for a remote store are written first: ``$GENCTL_STAGING``, else
+    ``~/.cache/genctl/staging``. Per user, not per folder, so ``--resume RUN_ID`` finds them
+    from anywhere."""
+    env = os.environ.get("GENCTL_STAGING")
+    return Path(env) if env else Path.home() / ".cache" / "genctl" / "staging"
+
+
+def staged(run_id: str, artifact_path: str) -> Path | None:
+    """The local copy of a run's artifact that its remote store has not (yet) received, or None."""
+    path = staging_root() / run_id / artifact_path
+    return path if path.is_file() else None
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _permanent(exc: BaseException) -> bool:
+    """The store answered and refused (a 4xx other than timeout / too many requests): trying
+    again cannot help. Anything else (no answer, a 5xx) is the store being away."""
+    status = getattr(exc, "get_http_status_code", None)
+    try:
+        code = int(status()) if status else 0
+    except Exception:
+        return False
+    return 400 <= code < 500 and code not in (408, 429)
+
+
+class _Outage:
+    """How long one background worker has been failing to reach the store, and its backoff."""
+
+    def __init__(self, what: str, bound: float, store: str):
+        self.what, self.bound, self.store = what, bound, store
+        self.since: float | None = None
+        self.tries = 0
+        self.error = ""
+        self._said = False
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.tries += 1
+        self.error = _error_line(exc)
+        if not self._said:
+            self._said = True
+            print(
+                f"warning: {self.store} is not taking {self.what} ({self.error}); "
+                f"training goes on and genctl retries for up to {self.bound:g} s",
+                file=sys.stderr,
+            )
+
+    def ok(self) -> None:
+        if self._said and self.since is not None:
+            print(
+                f"{self.store} took {self.what} again after {time.monotonic() - self.since:.0f} s",
+                file=sys.stderr,
+            )
+        self.since, self.tries, self._said = None, 0, False
+
+    @property
+    def expired(self) -> bool:
+        """Away for longer than the bound (only finish() gives up on that)."""
+        return self.since is not None and time.monotonic() - self.since > self.bound
+
+    def backoff(self) -> float:
+        return min(MAX_BACKOFF, 0.25 * 2 ** min(self.tries, 5))
+
+
+@dataclass
+class _Upload:
+    """One artifact waiting for the store: a staged file, or a sample grid."""
+
+    key: str  # artifact path (a newer upload of the same path replaces a queued one)
+    path: Path | None  # the local file (None: a grid kept in memory, local store)
+    image: Any = None  # a grid's pixels (local store) ...
+    image_key: str = ""  # ... or its MLflow image key, step and time
+    step: int = 0
+    timestamp: int = 0
+
+
 class Tracker:
-    """One MLflow run: params, tags, batched metrics, images and artifacts."""
+    """One MLflow run: params, tags, batched metrics, images and artifacts.
+
+    Nothing the training loop calls waits on the store. Metrics and tags are queued and written
+    in batches by one background thread; artifacts (checkpoints, grids, files) are written to a
+    local file first and uploaded by another. A store that goes away is retried with backoff while
+    training goes on; queued metrics stay in memory and artifacts on the local disk, and a newer
+    version of an artifact replaces an older one still waiting. ``finish()`` waits for the store
+    until it has been away ``retry_seconds``, then lists what it did not receive.
+    """
 
     def __init__(
         self,
@@ -71,6 +169,7 @@ class Tracker:
         run_name: str,
         uri: str | None = None,
         run_id: str | None = None,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ):
         self.uri = resolve_uri(uri)
         mlflow = _mlflow(self.uri)
@@ -87,155 +186,349 @@ class Tracker:
             raise
         except Exception as exc:
             raise RunFailure(
-                f"cannot reach the tracking store {self.uri}: {type(exc).__name__}: {exc}".splitlines()[
-                    0
-                ],
+                f"cannot reach the tracking store {self.uri}: {_error_line(exc)}",
                 "Check tracking.uri / MLFLOW_TRACKING_URI, or unset them to use ./mlflow.db.",
             ) from exc
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
-        self._queue: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        self._failed: list[str] = []
-        self._thread = threading.Thread(target=self._writer, name="genctl-mlflow", daemon=True)
-        self._thread.start()
+        self.retry_seconds = float(retry_seconds)
+        remote = self.artifact_dir() is None
+        # Where artifacts are written before the store has them: the run's own artifact folder
+        # for a local store (nothing to upload), else a staging folder of this run.
+        self.local_dir: Path = (
+            staging_root() / self.run_id if remote else self.artifact_dir()  # type: ignore[assignment]
+        )
+        self._remote = remote
+        self._lock = threading.Condition()
+        self._stop = threading.Event()  # finish(): drain, then end
+        self._abandon = threading.Event()  # finish() gave up waiting: end now
+        # metrics and tags
+        self._records: list[tuple] = []  # ("metric", key, value, ts, step) | ("tag", key, value)
+        self._unwritten: list[tuple] = []  # refused by the store for good
+        self._metrics_busy = False
+        self._metric_outage = _Outage(
+            "metrics", self.retry_seconds, f"the tracking store {self.uri}"
+        )
+        # artifacts
+        self._uploads: dict[str, _Upload] = {}  # waiting, oldest first
+        self._uploading: _Upload | None = None
+        self._refused: dict[str, tuple[_Upload, str]] = {}  # the store said no: key -> (item, why)
+        self._upload_outage = _Outage(
+            "artifacts", self.retry_seconds, f"the artifact store {self.artifact_uri}"
+        )
+        self._threads = [
+            threading.Thread(target=self._write_records, name="genctl-mlflow", daemon=True),
+            threading.Thread(target=self._upload_loop, name="genctl-uploads", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     # ------------------------------------------------------------ params and tags
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Params, once at the start of a run (waits for the store, within ``retry_seconds``)."""
         from mlflow.entities import Param
 
-        existing = self._client.get_run(self.run_id).data.params
+        existing = self._call(lambda: self._client.get_run(self.run_id).data.params)
         items = [
             Param(k, str(v)[:MAX_PARAM_LEN])
             for k, v in params.items()
             if k not in existing  # resuming: params are immutable in MLflow
         ]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self._retry(
+            self._call(
                 lambda chunk=items[i : i + 100]: self._client.log_batch(self.run_id, params=chunk)
             )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        self._retry(lambda: self._client.log_batch(self.run_id, tags=items))
+        """Queue tags; they are written with the metrics, in order."""
+        with self._lock:
+            self._records.extend(("tag", k, str(v)) for k, v in tags.items())
+            self._lock.notify_all()
 
     # ------------------------------------------------------------ metrics (batched, async)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queue metrics; a background thread writes them in batches."""
         ts = int(time.time() * 1000)
-        self._queue.put([(k, float(v), ts, int(step)) for k, v in metrics.items()])
+        with self._lock:
+            self._records.extend(("metric", k, float(v), ts, int(step)) for k, v in metrics.items())
+            self._lock.notify_all()
 
-    def _writer(self) -> None:
-        from mlflow.entities import Metric
+    def _write_records(self) -> None:
+        from mlflow.entities import Metric, RunTag
 
-        pending: list = []
-        while not (self._stop.is_set() and self._queue.empty() and not pending):
+        while not self._abandon.is_set():
+            with self._lock:
+                while not self._records and not self._stop.is_set():
+                    self._lock.wait(0.5)
+                if not self._records:
+                    return  # stopping, all written
+                # one batch: MLflow takes 1000 metrics and 100 tags at most
+                batch, metrics, tags = [], 0, 0
+                for rec in self._records:
+                    if rec[0] == "tag" and tags == 100 or metrics + tags == 1000:
+                        break
+                    batch.append(rec)
+                    tags += rec[0] == "tag"
+                    metrics += rec[0] == "metric"
+                self._metrics_busy = True
             try:
-                pending.extend(self._queue.get(timeout=0.5))
-                while not self._queue.empty():
-                    pending.extend(self._queue.get_nowait())
-            except queue.Empty:
-                pass
-            while pending:
-                chunk = pending[:1000]  # MLflow's per-batch limit
-                try:
-                    self._client.log_batch(self.run_id, metrics=[Metric(*m) for m in chunk])
-                except Exception as exc:  # store away: keep the metrics, retry later
-                    self._failed.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
-                    if self._stop.is_set() and len(self._failed) > 20:
-                        return  # give up at shutdown after many tries; flush() reports it
-                    time.sleep(min(5.0, 0.2 * len(self._failed)))
-                    break
-                del pending[: len(chunk)]
-                self._failed.clear()
-        self._unwritten = pending
+                self._client.log_batch(
+                    self.run_id,
+                    metrics=[Metric(*r[1:]) for r in batch if r[0] == "metric"],
+                    tags=[RunTag(*r[1:]) for r in batch if r[0] == "tag"],
+                )
+                done, failed = True, None
+            except Exception as exc:
+                done, failed = _permanent(exc), exc
+            with self._lock:
+                self._metrics_busy = False
+                if done:
+                    del self._records[: len(batch)]
+                    if failed is not None:  # refused: kept in the file finish() writes
+                        self._unwritten.extend(batch)
+                    self._lock.notify_all()
+            if failed is None:
+                self._metric_outage.ok()
+            elif not done:
+                self._metric_outage.failed(failed)
+                self._abandon.wait(self._metric_outage.backoff())
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait until queued metrics are written (used before checkpoints and at the end)."""
-        deadline = time.time() + timeout
-        while not self._queue.empty() and time.time() < deadline and self._thread.is_alive():
-            time.sleep(0.05)
+        """Wait until queued metrics are written (before checkpoints, so a resumed run's metrics
+        continue where the checkpoint's left off) - but never while the store is away."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (
+                (self._records or self._metrics_busy)
+                and self._metric_outage.since is None
+                and time.monotonic() < deadline
+            ):
+                self._lock.wait(0.05)
 
     # ------------------------------------------------------------ artifacts
 
     def log_image(self, image, key: str, step: int) -> None:
-        """An image (H x W x C uint8 array) logged with its step, so the UI shows it over time."""
-        self._retry(lambda: self._client.log_image(self.run_id, image, key=key, step=step))
+        """An image (H x W x C uint8 array) logged with its step, so the UI shows it over time.
+        Uploaded in the background; for a remote store it is a PNG in the staging folder first."""
+        item = _Upload(
+            f"images/{key}+step+{step}", None, None, key, int(step), int(time.time() * 1000)
+        )
+        if self._remote:
+            from PIL import Image
+
+            item.path = self.local_dir / ".images" / f"{key.replace('/', '~')}-step-{step}.png"
+            item.path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(item.path)
+        else:
+            item.image = image
+        self._enqueue(item)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._retry(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+        """Log a copy of the file ``path`` under the folder ``artifact_path`` of the run."""
+        name = Path(path).name
+        dest = f"{artifact_path.strip('/')}/{name}" if artifact_path else name
+        self.write_artifact(dest, lambda tmp: shutil.copyfile(path, tmp))
 
     def artifact_dir(self) -> Path | None:
         """The run's artifact folder when the artifact store is local, else None."""
         return local_path(self.artifact_uri)
 
-    def write_artifact(self, artifact_path: str, write) -> None:
-        """Write an artifact atomically: ``write(tmp_path)`` then rename into place (local store),
-        or upload (remote store). A crash mid-write never leaves a half file under the name."""
-        local = self.artifact_dir()
-        if local is not None:
-            dest = local / artifact_path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-            os.close(fd)
+    def write_artifact(self, artifact_path: str, write) -> Path:
+        """Write an artifact atomically: ``write(tmp_path)`` then rename into place, so a crash
+        mid-write never leaves a half file under the name; returns the local file.
+
+        A local store's artifact is then in place. For a remote store the file is in the staging
+        folder (``local_dir``) and is uploaded in the background; it stays there until the store
+        has it, so ``--resume`` finds a checkpoint the store never received.
+        """
+        dest = self.local_dir / artifact_path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if self._remote:
+            self._enqueue(_Upload(artifact_path, dest))
+        return dest
+
+    def _enqueue(self, item: _Upload) -> None:
+        with self._lock:
+            self._uploads.pop(item.key, None)  # a newer version: the older one is not sent
+            self._refused.pop(item.key, None)
+            self._uploads[item.key] = item
+            self._lock.notify_all()
+
+    def _upload_loop(self) -> None:
+        while not self._abandon.is_set():
+            with self._lock:
+                while not self._uploads and not self._stop.is_set():
+                    self._lock.wait(0.5)
+                if not self._uploads:
+                    return
+                item = self._uploads.pop(next(iter(self._uploads)))
+                self._uploading = item
+                stamp = _stamp(item.path)
             try:
-                write(Path(tmp))
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                self._upload(item)
+                failed = None
+            except Exception as exc:
+                failed = exc
+            with self._lock:
+                self._uploading = None
+                newer = item.key in self._uploads
+                if failed is None:
+                    if self._remote and not newer and item.path and _stamp(item.path) == stamp:
+                        item.path.unlink(missing_ok=True)  # the store has it: the copy goes
+                elif _permanent(failed):
+                    if not newer:
+                        self._refused[item.key] = (item, _error_line(failed))
+                elif not newer:  # back to the front of the line: order is kept
+                    self._uploads = {item.key: item, **self._uploads}
+                self._lock.notify_all()
+            if failed is None:
+                self._upload_outage.ok()
+            elif not _permanent(failed):
+                self._upload_outage.failed(failed)
+                self._abandon.wait(self._upload_outage.backoff())
+
+    def _upload(self, item: _Upload) -> None:
+        if item.image_key:
+            image = item.image
+            if image is None:
+                from PIL import Image
+
+                with Image.open(item.path) as im:
+                    image = im.copy()
+            self._client.log_image(
+                self.run_id, image, key=item.image_key, step=item.step, timestamp=item.timestamp
+            )
             return
-        with tempfile.TemporaryDirectory() as d:
-            tmp = Path(d) / Path(artifact_path).name
-            write(tmp)
-            parent = str(Path(artifact_path).parent)
-            self.log_artifact(tmp, None if parent == "." else parent)
+        parent = str(Path(item.key).parent)
+        self._client.log_artifact(self.run_id, str(item.path), None if parent == "." else parent)
 
     # ------------------------------------------------------------ end
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Flush metrics and mark the run ``FINISHED``, ``FAILED`` or ``KILLED``.
+        """Send what is queued, then mark the run ``FINISHED``, ``FAILED`` or ``KILLED``.
 
-        Metrics the store never took (it stayed away) are saved to a JSON file beside the
-        working folder rather than dropped, and the path is printed.
+        Waits while the store takes things, and while it has been away less than
+        ``retry_seconds``. What it never took is not dropped: metrics are saved to a JSON file in
+        the working folder, artifacts stay in the staging folder; both are listed on stderr (and
+        the artifacts in the run's ``genctl.not_uploaded`` tag, if the store is back for it).
         """
         self._stop.set()
-        self._thread.join(timeout=120)
-        unwritten = getattr(self, "_unwritten", [])
-        if unwritten:
+        with self._lock:
+            self._lock.notify_all()
+        try:
+            while any(t.is_alive() for t in self._threads):
+                if self._metric_outage.expired and self._upload_outage.expired:
+                    break
+                if self._metric_outage.expired and not self._threads[1].is_alive():
+                    break
+                if self._upload_outage.expired and not self._threads[0].is_alive():
+                    break
+                for t in self._threads:
+                    t.join(timeout=0.2)
+        finally:
+            self._abandon.set()
+            with self._lock:
+                self._lock.notify_all()
+                unwritten = self._unwritten + list(self._records)
+                left = [*self._uploads.values()] + ([self._uploading] if self._uploading else [])
+                refused = [item for item, _ in self._refused.values()]
+            missing = self._report(unwritten, left + refused)
+
+        def end() -> None:
+            if missing:  # the list on the run, where the UI shows it
+                try:
+                    self._client.set_tag(self.run_id, NOT_UPLOADED_TAG, "\n".join(missing)[:5000])
+                except Exception as exc:
+                    if not _permanent(exc):
+                        raise
+            self._client.set_terminated(self.run_id, status=status)
+
+        away = self._metric_outage.expired or self._upload_outage.expired
+        self._call(end, budget=MAX_BACKOFF if away else None)  # (if away: waited for already)
+        if self._remote and self.local_dir.is_dir():
+            _remove_empty_dirs(self.local_dir)
+
+    def _report(self, unwritten: list[tuple], uploads: list[_Upload]) -> list[str]:
+        """Save and list what the store did not take; returns the artifact lines."""
+        metrics = [r for r in unwritten if r[0] == "metric"]
+        tags = [r for r in unwritten if r[0] == "tag"]
+        if metrics or tags:
             import json
-            import sys
 
             path = Path(f"genctl-unlogged-metrics-{self.run_id}.json").resolve()
             path.write_text(
                 json.dumps(
-                    [{"key": k, "value": v, "timestamp": t, "step": s} for k, v, t, s in unwritten]
+                    [{"key": k, "value": v, "timestamp": t, "step": s} for _, k, v, t, s in metrics]
+                    + [{"tag": k, "value": v} for _, k, v in tags]
                 )
             )
+            why = f" ({self._metric_outage.error})" if self._metric_outage.error else ""
             print(
-                f"warning: the tracking store did not take {len(unwritten)} metric values; saved to {path}",
+                f"warning: the tracking store did not take {len(metrics)} metric values and "
+                f"{len(tags)} tags{why}; saved to {path}",
                 file=sys.stderr,
             )
-        self._retry(lambda: self._client.set_terminated(self.run_id, status=status))
+        lines = []
+        for item in uploads:
+            if item.path is None:  # a grid of a local store: nothing on disk to point at
+                lines.append(f"{item.key} (not saved)")
+            else:
+                lines.append(f"{item.key}: {item.path}")
+        if lines:
+            why = self._upload_outage.error or next(
+                (w for _, w in self._refused.values()), "unknown"
+            )
+            print(
+                f"warning: the artifact store {self.artifact_uri} did not receive {len(lines)} "
+                f"artifacts ({why}); they are kept here:\n  " + "\n  ".join(lines),
+                file=sys.stderr,
+            )
+        return lines
 
-    def _retry(self, fn, tries: int = 5) -> None:
-        for i in range(tries):
+    def _call(self, fn, budget: float | None = None):
+        """Call the store now, retrying with backoff while it is away (for up to ``budget``
+        seconds, by default ``retry_seconds``)."""
+        budget = self.retry_seconds if budget is None else budget
+        start = time.monotonic()
+        tries = 0
+        while True:
             try:
-                fn()
-                return
+                return fn()
             except Exception as exc:
-                if i == tries - 1:
+                tries += 1
+                if _permanent(exc) or time.monotonic() - start > budget:
                     raise RunFailure(
-                        f"tracking store {self.uri} failed: {type(exc).__name__}: {exc}".splitlines()[
-                            0
-                        ]
+                        f"tracking store {self.uri} failed: {_error_line(exc)}"
                     ) from exc
-                time.sleep(0.5 * 2**i)
+                time.sleep(min(MAX_BACKOFF, 0.25 * 2 ** min(tries, 5)))
+
+
+def _stamp(path: Path | None) -> tuple | None:
+    """Which version of a file this is (a newer one replaces it by rename: another inode)."""
+    try:
+        st = path.stat() if path else None
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size) if st else None
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 # ---------------------------------------------------------------- looking runs up
@@ -313,6 +606,9 @@ def download(run: RunInfo, artifact_path: str, uri: str | None = None) -> Path |
     if local is not None:
         p = local / artifact_path
         return p if p.exists() else None
+    copy = staged(run.run_id, artifact_path)
+    if copy is not None:  # written here, not (yet) received by the store: the newest version
+        return copy
     c = client(uri)
     try:
         dest = tempfile.mkdtemp(prefix="genctl-")

@@ -425,6 +425,7 @@ def _start_tracking(recipe: Recipe, spec, run_id: str | None):
         run_name=t.run_name or recipe.name,
         uri=t.uri,
         run_id=run_id,
+        retry_seconds=t.retry_seconds,
     )
     tracker.log_params(flatten(recipe.to_dict()))
     tracker.set_tags(

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from genctl import checkpoint
+from genctl.cli import app
 from genctl.recipe import apply_overrides, validate
 from genctl.sampling import find_checkpoint, load_model
 from genctl.tracking import Tracker, client, get_run, resolve_uri
 from genctl.trainer import train
 from tests import toy
-from tests.helpers import TOY_RECIPE
+from tests.helpers import TOY_RECIPE, use_toy_plugin, write_recipe
 
 
 def test_default_store_is_sqlite_in_the_working_folder(workdir):
@@ -58,53 +65,85 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        # no background job runner: its workers would outlive the server
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: its workers are stopped with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
+class _Server:
+    """A real `mlflow server` on a loopback port, sqlite-backed, that can be killed and started
+    again on the same port with the same database and artifacts (a store that goes away)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'server.db'}",
+                "--artifacts-destination",
+                str(self.root / "server-artifacts"),
+                "--workers",
+                "1",
+            ],
+            # no background job runner: its workers would outlive the server
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: its workers are stopped with it
+        )
+        deadline = time.time() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return
             except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail("mlflow server did not start")
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("mlflow server did not start") from None
                 time.sleep(0.5)
-        yield url
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+
+    def stop(self, signals=(signal.SIGTERM, signal.SIGKILL)) -> None:
+        if self.proc is None:
+            return
+        for sig in signals:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
+                os.killpg(self.proc.pid, sig)
             try:
-                proc.wait(timeout=15)
+                self.proc.wait(timeout=15)
                 break
             except subprocess.TimeoutExpired:
                 continue
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, _empty_mlflow_db):
+    """One server for this module's tests; its database starts as an already-migrated empty
+    store (migrating a new one takes the server most of a minute on a busy machine)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copyfile(_empty_mlflow_db, root / "server.db")
+    srv = _Server(root)
+    try:
+        srv.start()
+    except RuntimeError as exc:
+        srv.stop()
+        pytest.fail(str(exc))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def mlflow_server(server):
+    return server.url
 
 
 def test_training_against_a_real_mlflow_server(workdir, mlflow_server, monkeypatch):
@@ -123,3 +162,149 @@ def test_training_against_a_real_mlflow_server(workdir, mlflow_server, monkeypat
     )
     model = load_model(path, device=__import__("torch").device("cpu"))
     assert model.step == 6
+
+
+# ---------------------------------------------------------------- a store that goes away
+
+
+def test_a_server_down_during_a_checkpoint_upload_loses_nothing(workdir, server, monkeypatch):
+    """The server is killed as the first checkpoint upload begins and started again (same port,
+    same database) after longer than the old ~8 s of retries: the run finishes and every metric,
+    checkpoint and grid arrives."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    # MLflow's own per-request retries off, so what is tested is genctl's retrying (with them
+    # on, each request retries inside MLflow for minutes, blocking whatever waits on it)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("GENCTL_STAGING", str(workdir / "staging"))
+    outage: dict = {}
+
+    def restart() -> None:
+        time.sleep(12)  # the server is away for this plus its start-up
+        try:
+            server.start()
+        except Exception as exc:
+            outage["error"] = exc
+        outage["seconds"] = time.monotonic() - outage["start"]
+
+    mlflow_client = type(client())
+    real_log_artifact = mlflow_client.log_artifact
+    failed_uploads = []
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        if Path(local_path).name == "last.pt" and not outage:  # the first checkpoint upload
+            outage["start"] = time.monotonic()
+            server.stop(signals=(signal.SIGKILL,))
+            outage["thread"] = threading.Thread(target=restart, daemon=True)
+            outage["thread"].start()
+        try:
+            return real_log_artifact(self, run_id, local_path, artifact_path)
+        except Exception:
+            failed_uploads.append(Path(local_path).name)
+            raise
+
+    monkeypatch.setattr(mlflow_client, "log_artifact", log_artifact)
+    raw = apply_overrides(
+        TOY_RECIPE,
+        ["train.steps=20", "train.checkpoint_every=5", "tracking.retry_seconds=180"],
+    )
+    result = train(validate(raw, spec=toy.SPEC), progress=False)
+    outage["thread"].join()
+    assert "error" not in outage, outage.get("error")
+    print(f"server away {outage['seconds']:.1f} s")
+    assert "last.pt" in failed_uploads  # the fault was real: the upload failed
+
+    run = get_run(result.run_id)
+    assert run.status == "FINISHED" and result.step == 20
+    c = client()
+    for key in ("train/loss_g", "train/loss_d"):
+        steps = sorted(m.step for m in c.get_metric_history(result.run_id, key))
+        assert steps == [5, 10, 15, 20], key  # log_every=5: every value, once
+    files = {a.path for a in c.list_artifacts(result.run_id)}
+    assert {"recipe.yaml", "checkpoints", "model", "images"} <= files
+    grids = [a.path for a in c.list_artifacts(result.run_id, "images") if a.path.endswith(".png")]
+    assert sorted(int(g.split("+step+")[1].split("+")[0]) for g in grids) == [10, 20]
+    assert checkpoint.load(find_checkpoint(run=result.run_id))["step"] == 20  # model/final.pt
+    last = c.download_artifacts(result.run_id, checkpoint.LAST, str(workdir / "dl"))
+    assert checkpoint.load(last)["step"] == 20
+    staged = [p for p in (workdir / "staging").rglob("*") if p.is_file()]
+    assert staged == []  # every staged copy went to the store, then was removed
+
+
+UNREACHABLE = "ftp://127.0.0.1:9/artifacts"  # an artifact store nothing answers for
+
+
+@pytest.fixture
+def staging(workdir, monkeypatch):
+    monkeypatch.setenv("GENCTL_STAGING", str(workdir / "staging"))
+    return workdir / "staging"
+
+
+def test_a_newer_checkpoint_replaces_one_still_waiting_for_the_store(workdir, staging):
+    client().create_experiment("e", artifact_location=UNREACHABLE)
+    tracker = Tracker(experiment="e", run_name="r")
+    away = threading.Event()
+    away.set()
+    sent = []
+
+    def log_artifact(run_id, path, artifact_path=None):
+        if away.is_set():
+            raise ConnectionError("store away")
+        sent.append((artifact_path, Path(path).name, Path(path).read_text()))
+
+    tracker._client.log_artifact = log_artifact
+    for version in range(3):  # training goes on while the store is away
+        tracker.write_artifact(checkpoint.LAST, lambda p, v=version: p.write_text(f"v{v}"))
+    tracker.write_artifact("recipe.yaml", lambda p: p.write_text("recipe"))
+    away.clear()
+    tracker.finish()
+    assert sorted(sent, key=str) == [
+        ("checkpoints", "last.pt", "v2"),
+        (None, "recipe.yaml", "recipe"),
+    ]
+    assert not (staging / tracker.run_id).exists()  # the store has them: no local copies left
+
+
+def test_a_store_that_never_comes_back_is_given_up_and_what_it_missed_listed(
+    workdir, staging, capsys
+):
+    client().create_experiment("e", artifact_location=UNREACHABLE)
+    tracker = Tracker(experiment="e", run_name="r", retry_seconds=1)
+
+    def away(*args, **kwargs):
+        raise ConnectionError("store away")
+
+    tracker._client.log_batch = away  # metrics and tags
+    tracker.log_metrics({"train/loss": 0.5}, step=3)
+    tracker.set_tags({"note": "x"})
+    staged = tracker.write_artifact(checkpoint.LAST, lambda p: p.write_text("weights"))
+    tracker.finish()  # waits until the store has been away retry_seconds, then gives up
+    err = capsys.readouterr().err
+    assert f"checkpoints/last.pt: {staged}" in err and staged.read_text() == "weights"
+    saved = json.loads((workdir / f"genctl-unlogged-metrics-{tracker.run_id}.json").read_text())
+    assert {"key": "train/loss", "value": 0.5, "step": 3}.items() <= saved[0].items()
+    assert {"tag": "note", "value": "x"} in saved
+    run = get_run(tracker.run_id)
+    assert run.status == "FINISHED"
+    assert run.tags["genctl.not_uploaded"] == f"checkpoints/last.pt: {staged}"
+
+
+def test_resume_from_a_checkpoint_the_store_never_received(workdir, staging, monkeypatch):
+    use_toy_plugin(monkeypatch)
+    client().create_experiment("toy", artifact_location=UNREACHABLE)
+    recipe = write_recipe(workdir / "toy.yaml")
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["train", str(recipe), "train.steps=10", "tracking.retry_seconds=1", "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output  # training went on; the run is recorded as finished
+    run_id = re.search(r"run ([0-9a-f]{32}) finished at step 10", res.output).group(1)
+    last = staging / run_id / checkpoint.LAST
+    assert f"{checkpoint.LAST}: {last}" in res.output  # listed with its local path
+    assert checkpoint.load(last)["step"] == 10
+
+    res = runner.invoke(
+        app, ["train", "--resume", run_id, "train.steps=15", "tracking.retry_seconds=1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"run {run_id} finished at step 15" in res.output
+    assert checkpoint.load(staging / run_id / checkpoint.FINAL)["step"] == 15

@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from genctl.errors import BadInput
+from genctl.interrupts import deferred, interruptible
 
 
+@interruptible  # Ctrl-C / SIGTERM: exit 130 within seconds, nothing half-logged
 def evaluate_command(
     options: Annotated[
         list[str] | None,
@@ -118,7 +120,8 @@ def evaluate_command(
     if run_id is None:
         typer.echo("not logged: this checkpoint belongs to no MLflow run")
         return
-    _log(run_id, recipe.tracking.uri, result, model.step)
+    with deferred():  # the numbers, protocol and notes are logged together or not at all
+        _log(run_id, recipe.tracking.uri, result, model.step)
     typer.echo(f"logged to run {run_id} at step {model.step}")
 
 

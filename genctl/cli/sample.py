@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from genctl.errors import BadInput
+from genctl.interrupts import interruptible
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -35,6 +36,7 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+@interruptible  # Ctrl-C / SIGTERM: exit 130 within seconds, only whole image files written
 def sample_command(
     options: Annotated[
         list[str] | None,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from genctl.errors import BadInput
+from genctl.interrupts import SIGNAL_NAMES, Interrupted
 
 
 def train_command(
@@ -53,7 +54,14 @@ def train_command(
     if dry_run:
         typer.echo(r.to_yaml(), nl=False)
         return
-    result = train(r, resume=resume, progress=progress)
+    try:
+        result = train(r, resume=resume, progress=progress)
+    except Interrupted as exc:  # a second Ctrl-C / SIGTERM, or one before the run began
+        if str(exc) in SIGNAL_NAMES:
+            typer.echo(f"interrupted ({exc}) before training began; nothing was saved", err=True)
+        else:
+            typer.echo(f"interrupted: {exc}", err=True)
+        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 speaks for the run
     if result.interrupted:

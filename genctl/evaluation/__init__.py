@@ -458,23 +458,26 @@ def evaluate_in_training(
     result. With ``tracker`` (a :class:`genctl.tracking.Tracker`), the protocol is recorded on the
     run as tags. Generation uses the recipe's seed, so evaluations at different steps compare.
     """
+    from genctl import interrupts
+
     cfg = recipe.evaluate
-    source = source_for(
-        recipe,
-        sampler,
-        device=device,
-        num_samples=cfg.num_samples,
-        seed=recipe.train.seed,
-        num_real=cfg.num_real,
-    )
-    result = evaluate(
-        source,
-        cfg.metrics,
-        weights=cfg.feature_extractor_weights,
-        device=device,
-        batch_size=cfg.batch_size,
-        progress=True,
-    )
+    with interrupts.abandonable():  # Ctrl-C / SIGTERM abandon the evaluation, not the run
+        source = source_for(
+            recipe,
+            sampler,
+            device=device,
+            num_samples=cfg.num_samples,
+            seed=recipe.train.seed,
+            num_real=cfg.num_real,
+        )
+        result = evaluate(
+            source,
+            cfg.metrics,
+            weights=cfg.feature_extractor_weights,
+            device=device,
+            batch_size=cfg.batch_size,
+            progress=True,
+        )
     if tracker is not None:
         record(tracker, result, step)
     for note in result.notes:
