@@ -67,6 +67,10 @@ class TrainConfig(Schema):
     seed: int = 0
     ema: EMAConfig = EMAConfig()
     grad_clip: float | None = Field(None, gt=0)
+    # a NaN/inf loss: stop the run (before any checkpoint holds it), or skip: drop that update
+    # (a host sync per update) and stop after nonfinite_limit such steps in a row
+    nonfinite: Literal["stop", "skip"] = "stop"
+    nonfinite_limit: int = Field(10, gt=0)
     log_every: int = Field(50, gt=0)
     sample_every: int = Field(500, gt=0)
     checkpoint_every: int = Field(1000, gt=0)
@@ -105,7 +109,6 @@ class EvaluateConfig(Schema):
             raise BadInput(
                 "; ".join(problems), f"Options of the {spec.name} sampler: {valid}."
             ) from None
-
 
 
 class TrackingConfig(Schema):

@@ -10,10 +10,12 @@ configured by the recipe. Read top to bottom: ``train()`` is the whole story.
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import random
-import signal
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -24,8 +26,9 @@ import torch
 from torch import nn
 
 import genctl
-from genctl import checkpoint
-from genctl.errors import BadInput, RunFailure
+from genctl import checkpoint, interrupts
+from genctl.errors import BadInput, GenctlError, RunFailure
+from genctl.interrupts import Interrupted
 from genctl.recipe import OptimizerConfig, Recipe, TrainConfig, flatten, validate
 from genctl.spec import DataInfo
 
@@ -38,17 +41,45 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+FAILURE_TAG = "genctl.failure"  # set on a failed run: why it failed
+
+
+class Diverged(RunFailure):
+    """A loss or the weights became NaN or infinite: the run stops, and nothing is saved from them."""
+
+    def __init__(self, message: str, hint: str, reason: str):
+        super().__init__(message, hint)
+        self.reason = reason  # short, for the run's genctl.failure tag
+
+
+class DiskFull(RunFailure):
+    """A checkpoint did not fit on the disk; the previous one is kept."""
+
+
 # ---------------------------------------------------------------- the loop
 
 
 def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -> TrainResult:
-    """Train ``recipe``; ``resume`` is a RUN_ID or checkpoint path to continue from."""
+    """Train ``recipe``; ``resume`` is a RUN_ID or checkpoint path to continue from.
+
+    Ctrl-C or SIGTERM stops it within seconds and saves the state of the last completed step; a
+    second one stops it at once without saving (see :mod:`genctl.interrupts`). A NaN or infinite
+    loss stops it with :class:`Diverged` before any checkpoint holds non-finite weights.
+    """
+    with interrupts.handled(abandon=True) as signals:  # an interrupt abandons the setup
+        return _train(recipe, resume, progress, signals)
+
+
+def _train(
+    recipe: Recipe, resume: str | None, progress: bool, signals: interrupts.Signals
+) -> TrainResult:
     from genctl.data import Loader, load_dataset
 
     cfg = recipe.train
     dist = _Distributed.from_env(cfg.device)
     device = dist.device
-    ckpt = _load_resume(resume) if resume else None
+    resume_path = resolve_checkpoint(resume) if resume else None
+    ckpt = checkpoint.load(resume_path) if resume_path else None
     _seed_everything(cfg.seed)
 
     # Data: decoded once, held as uint8 tensors; the loader shards by rank and resumes exactly.
@@ -107,16 +138,51 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
     if hasattr(objective, "grad_scaler"):  # gradient penalties scale their own autograd.grad
         objective.grad_scaler = scaler
 
+    # From here on, an interrupt lets the step in progress finish and the run saves a checkpoint.
+    signals.end_abandonable()
     tracker = _start_tracking(recipe, spec, run_id) if dist.rank == 0 else None
     run_id = tracker.run_id if tracker else run_id
     preview = _preview_batch(dataset, cfg.grid_size, device, sampler)
     best = ckpt.get("best") if ckpt else None
-    stop = _StopFlag()
     bar = _progress(cfg.steps, step, enabled=progress and dist.rank == 0)
 
+    # Non-finite values. nonfinite=stop: each update notes on the device the first step whose loss
+    # is NaN/inf (no host sync); the log interval's read and every checkpoint check them.
+    # nonfinite=skip: each update is checked on the host before the optimizer steps (one sync
+    # per update, the price of skipping) and a non-finite one is dropped and counted.
+    skip_nonfinite = cfg.nonfinite == "skip"
+    first_bad: dict[str, torch.Tensor] = {}  # group -> first step with a non-finite loss
+    counted = (ckpt.get("nonfinite") if ckpt else None) or {}
+    skipped, streak = int(counted.get("skipped", 0)), int(counted.get("streak", 0))
+    # The newest checkpoint known to be finite: what a diverged run names to resume from.
+    good = {"step": step, "where": str(resume_path)} if ckpt else None
+
+    def diverged(what: str, at: int, why: str = "") -> Diverged:
+        reason = f"non-finite {what} at step {at}{why}"
+        if good is None:
+            hint = "No checkpoint was written before it; train again with a smaller "
+            hint += "train.optimizer.lr or with train.grad_clip."
+        else:
+            hint = f"The last good checkpoint is step {good['step']}: {good['where']}. "
+            hint += "Resume from it with a smaller learning rate or gradient clipping: genctl "
+            hint += f"train --resume {run_id or good['where']} train.optimizer.lr=... "
+            hint += "train.grad_clip=1.0 (or train.nonfinite=skip drops non-finite updates)."
+        return Diverged(f"training diverged: {reason}; nothing was saved from it", hint, reason)
+
     def save_checkpoint(path: str = checkpoint.LAST) -> None:
+        nonlocal good
+        # Never a checkpoint of non-finite weights: one host sync over all of them (every rank
+        # checks: their weights are the same, so they agree without a collective).
+        bad = _nonfinite_state(nets, ema, sums)
+        if bad:
+            steps = _first_nonfinite(first_bad)
+            at = min(steps.values()) if steps else step
+            losses = [f"loss_{g}" for g, s in steps.items() if s == at]
+            raise diverged(", ".join(losses or bad), at)
         if tracker is None:
             return
+        if path == checkpoint.LAST and good is not None and good["step"] == step:
+            return  # written at this step already (an interrupt came during that write)
         payload = _state(
             recipe,
             spec,
@@ -130,8 +196,14 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
             loader,
             best,
         )
+        payload["nonfinite"] = {"skipped": skipped, "streak": streak}
         tracker.flush()
-        tracker.write_artifact(path, lambda tmp: checkpoint.write(payload, tmp))
+        previous = good["step"] if good is not None and path == checkpoint.LAST else None
+        _write_checkpoint(tracker, path, payload, step, previous)
+        if path == checkpoint.LAST:
+            local = tracker.artifact_dir()
+            where = str(local / path) if local else f"{path} of run {run_id}"
+            good = {"step": step, "where": where}
 
     sums: dict[str, torch.Tensor] = {}  # logged values accumulate on the device between reads
     counts: dict[str, int] = {}
@@ -139,9 +211,9 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
     tick, images_seen = time.perf_counter(), 0
     status = "FAILED"
     try:
-        stop.install()
-        while step < cfg.steps and not stop.requested:
+        while step < cfg.steps and not signals.requested:
             _set_lr(optimizers, lr_factor(cfg, step))
+            dropped: list[str] = []  # groups whose update was non-finite (nonfinite=skip)
             for group in objective.schedule(step):
                 batch = loader.next()
                 params = group_params[group]
@@ -157,17 +229,30 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
                 if cfg.grad_clip:
                     scaler.unscale_(optimizers[group])
                     nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(optimizers[group])
-                scaler.update()
+                finite = not skip_nonfinite or _finite_update(loss, params, dist)
+                if finite or scaler.is_enabled():  # fp16: the scaler drops overflowed steps itself
+                    scaler.step(optimizers[group])
+                    scaler.update()
+                images_seen += cfg.batch_size * dist.world
+                if not finite:
+                    dropped.append(group)
+                    continue
                 if hasattr(objective, "after_update"):
                     objective.after_update(group, step)
+                if not skip_nonfinite:
+                    _note_nonfinite(first_bad, group, loss, step + 1)
                 _accumulate(sums, counts, f"loss_{group}", loss)
                 for name, value in logs.items():
                     _accumulate(sums, counts, name, value)
-                images_seen += cfg.batch_size * dist.world
             _update_ema(ema, nets, cfg, step)
             step += 1
             bar.update(1)
+            if skip_nonfinite:
+                skipped += bool(dropped)
+                streak = streak + 1 if dropped else 0
+                if streak >= cfg.nonfinite_limit:
+                    what = ", ".join(f"loss or gradients of group {g}" for g in dropped)
+                    raise diverged(what, step, f", {streak} steps in a row (train.nonfinite_limit)")
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 # The one host sync of the interval: read every accumulated value at once.
@@ -175,6 +260,8 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
                 values = _read(sums, counts)
                 values["images_per_s"] = images_seen / max(now - tick, 1e-9)
                 values["lr"] = optimizers[next(iter(optimizers))].param_groups[0]["lr"]
+                if skip_nonfinite:
+                    values["skipped_steps"] = skipped
                 tick, images_seen = now, 0
                 last_metrics = {f"train/{k}": v for k, v in values.items()}
                 bar.set_postfix(
@@ -182,29 +269,53 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
                 )
                 if tracker:
                     tracker.log_metrics(last_metrics, step)
-            if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
-                _log_grid(tracker, sampler, spec, preview, cfg, step, nets)
-            if tracker and recipe.evaluate.every and step % recipe.evaluate.every == 0:
-                # rank 0 alone evaluates; the others wait for it at their next gradient all-reduce
-                scores = _evaluate(recipe, spec, {**nets, **ema}, sampler, step, device, tracker)
-                if scores:
-                    tracker.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step)
-                    best = _keep_best(recipe, scores, best, step, save_checkpoint)
+                bad = [
+                    k for k, v in values.items() if k.startswith("loss_") and not math.isfinite(v)
+                ]
+                if dist.any(bool(bad)):
+                    steps = _first_nonfinite(first_bad)
+                    at = min(steps.values()) if steps else step
+                    firsts = [f"loss_{g}" for g, s in steps.items() if s == at]
+                    raise diverged(", ".join(firsts or bad or ["loss (on another rank)"]), at)
+            try:  # an interrupt abandons a grid or an evaluation (they are read-only)
+                if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
+                    _log_grid(tracker, sampler, spec, preview, cfg, step, nets)
+                if tracker and recipe.evaluate.every and step % recipe.evaluate.every == 0:
+                    # rank 0 alone evaluates; the others wait for it at their next all-reduce
+                    scores = _evaluate(
+                        recipe, spec, {**nets, **ema}, sampler, step, device, tracker
+                    )
+                    if scores:
+                        tracker.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step)
+                        best = _keep_best(recipe, scores, best, step, save_checkpoint)
+            except Interrupted:
+                if signals.forced:
+                    raise
+                break  # the state of this step, which is complete, is saved below
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save_checkpoint()
 
-        save_checkpoint()
-        if tracker and not stop.requested:
+        save_checkpoint()  # checks the weights: the final model below has the same ones
+        if tracker and not signals.requested:
             payload = _final(recipe, spec, info, step, run_id, nets, ema)
-            tracker.write_artifact(checkpoint.FINAL, lambda tmp: checkpoint.write(payload, tmp))
-        status = "KILLED" if stop.requested else "FINISHED"
+            _write_checkpoint(tracker, checkpoint.FINAL, payload, step, None)
+        status = "KILLED" if signals.requested else "FINISHED"
+    except Interrupted:
+        status = "KILLED"
+        kept = f"the last checkpoint is step {good['step']}" if good else "no checkpoint was saved"
+        raise Interrupted(
+            f"stopped at once by a second {signals.name} at step {step}, without saving; {kept}"
+        ) from None
+    except Exception as exc:
+        if tracker:
+            _tag_failure(tracker, exc)
+        raise
     finally:
-        stop.uninstall()
         bar.close()
         if tracker:
             tracker.finish(status)
         dist.close()
-    return TrainResult(run_id, step, stop.requested, last_metrics)
+    return TrainResult(run_id, step, signals.requested, last_metrics)
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -341,6 +452,56 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _note_nonfinite(first_bad: dict, group: str, loss: torch.Tensor, step: int) -> None:
+    """Keep, on the device, the first ``step`` at which ``group``'s loss was NaN/inf (no sync)."""
+    at = torch.where(torch.isfinite(loss.detach()), _NEVER, step)
+    first_bad[group] = torch.minimum(first_bad[group], at) if group in first_bad else at
+
+
+_NEVER = 2**62  # "no non-finite loss yet" in _note_nonfinite
+
+
+def _first_nonfinite(first_bad: dict) -> dict[str, int]:
+    """Group -> first step with a non-finite loss, for the groups that had one."""
+    if not first_bad:
+        return {}
+    steps = torch.stack(list(first_bad.values())).tolist()
+    return {g: s for g, s in zip(first_bad, steps, strict=True) if s != _NEVER}
+
+
+def _finite_update(loss: torch.Tensor, params: list[torch.Tensor], dist) -> bool:
+    """Whether the loss and gradients of an update are finite on every rank (a host sync)."""
+    flags = [torch.isfinite(loss.detach()).all()]
+    grads = [p.grad for p in params if p.grad is not None and p.grad.numel()]
+    if grads:
+        norms = torch._foreach_norm(grads, math.inf)  # max |g| per tensor: NaN/inf if any is
+        flags.append(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    return not dist.any(not bool(torch.stack(flags).all()))
+
+
+def _nonfinite_state(nets: dict, ema: dict, sums: dict) -> list[str]:
+    """The networks (weights and buffers) and the losses not yet logged that hold NaN or inf."""
+    names, flags = [], []
+    for name, total in sums.items():
+        if name.startswith("loss_"):
+            names.append(name)
+            flags.append(torch.isfinite(total).all())
+    for name, net in {**nets, **ema}.items():
+        tensors = [
+            t.detach()
+            for t in (*net.parameters(), *net.buffers())
+            if t.is_floating_point() and t.numel()
+        ]
+        if tensors:
+            norms = torch._foreach_norm(tensors, math.inf)
+            names.append(f"weights of {name}")
+            flags.append(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    if not flags:
+        return []
+    ok = torch.stack(flags).tolist()  # the one host sync of a checkpoint's check
+    return [n for n, fine in zip(names, ok, strict=True) if not fine]
+
+
 def _accumulate(sums: dict, counts: dict, name: str, value: torch.Tensor) -> None:
     v = value.detach().float()
     sums[name] = sums[name] + v if name in sums else v.clone()
@@ -373,7 +534,7 @@ def _log_grid(tracker, sampler, spec, preview, cfg: TrainConfig, step: int, nets
     from genctl.sampling import grid_image
     from genctl.spec import draw
 
-    with _eval_mode(nets):
+    with _eval_mode(nets), _training_rng_kept(nets), interrupts.abandonable():
         gen = torch.Generator().manual_seed(cfg.seed)  # the same noise every time: comparable grids
         if preview is not None:
             images, nrow = sampler.preview(preview, gen)
@@ -381,14 +542,29 @@ def _log_grid(tracker, sampler, spec, preview, cfg: TrainConfig, step: int, nets
             # a class-conditional sampler gets the classes in turn, as genctl sample gives them
             images = draw(sampler, cfg.grid_size, spec.sampler_options(), gen)
             nrow = int(math.ceil(math.sqrt(len(images))))
-        tracker.log_image(grid_image(images, nrow), key="samples", step=step)
+    tracker.log_image(grid_image(images, nrow), key="samples", step=step)
 
 
 def _evaluate(recipe, spec, nets, sampler, step, device, tracker=None) -> dict[str, float]:
     from genctl.evaluation import evaluate_in_training
 
-    with _eval_mode(nets):
+    with _eval_mode(nets), _training_rng_kept(nets):
         return evaluate_in_training(recipe, spec, nets, sampler, step, device, tracker=tracker)
+
+
+@contextmanager
+def _training_rng_kept(nets: dict[str, nn.Module]):
+    """Grids and evaluations leave the training's random streams as they found them, so an
+    abandoned one (or another sample_every) changes nothing in the training."""
+    params = (p for net in nets.values() for p in net.parameters())
+    device = next(params, torch.empty(0)).device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(state)
 
 
 @contextmanager
@@ -414,6 +590,47 @@ def _keep_best(recipe, scores, best, step, save_checkpoint):
         best = {"metric": key, "value": float(value), "step": step}
         save_checkpoint(checkpoint.BEST)
     return best
+
+
+def _write_checkpoint(tracker, artifact: str, payload, step: int, previous: int | None) -> None:
+    """Write a checkpoint artifact (temporary file, then rename); a full disk leaves the
+    previous one in place and is a failure that says how much room the checkpoint needs."""
+    try:
+        tracker.write_artifact(artifact, lambda tmp: checkpoint.write(payload, tmp))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        need = checkpoint.nbytes(payload)
+        folder = tracker.artifact_dir() or Path(tempfile.gettempdir())
+        try:
+            free = f"{_size(shutil.disk_usage(folder).free)} free"
+        except OSError:
+            free = "no room"
+        kept = f"(step {previous}) " if previous is not None else ""
+        raise DiskFull(
+            f"disk full writing {artifact} at step {step}: the checkpoint needs about "
+            f"{_size(need)} and {folder} has {free}; the previous {artifact} {kept}is intact",
+            f"Free at least {_size(need)} there (or set tracking.uri to a store with room), "
+            f"then continue: genctl train --resume {tracker.run_id}",
+        ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _tag_failure(tracker, exc: Exception) -> None:
+    """Say on the run why it failed (the UI shows the tag); never hide the failure itself."""
+    if isinstance(exc, Diverged):
+        reason = exc.reason
+    elif isinstance(exc, GenctlError):
+        reason = exc.message
+    else:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    try:
+        tracker.set_tags({FAILURE_TAG: reason[:5000]})
+    except Exception:  # the store is away: the CLI still reports the failure
+        pass
 
 
 def _start_tracking(recipe: Recipe, spec, run_id: str | None):
@@ -506,7 +723,13 @@ def _restore(ckpt, nets, ema, optimizers, objective, loader) -> None:
     _load_nets(nets, ckpt["nets"], "checkpoint")
     _load_nets(ema, ckpt.get("ema", {}), "checkpoint (EMA)")
     for k, opt in optimizers.items():
+        hyper = [{h: v for h, v in pg.items() if h != "params"} for pg in opt.param_groups]
         opt.load_state_dict(ckpt["optimizers"][k])
+        # The recipe's learning rate, betas, ..., not the checkpoint's: `--resume RUN_ID
+        # train.optimizer.lr=...` (after a divergence, say) must take effect.
+        for pg, h in zip(opt.param_groups, hyper, strict=True):
+            pg.pop("initial_lr", None)
+            pg.update(h)
     objective.load_state_dict(ckpt["objective"])
     loader.load_state_dict(ckpt["data"])
 
@@ -548,10 +771,6 @@ def resolve_checkpoint(ref: str, prefer: tuple[str, ...] = (checkpoint.LAST,)) -
     )
 
 
-def _load_resume(ref: str) -> dict[str, Any]:
-    return checkpoint.load(resolve_checkpoint(ref))
-
-
 def load_resume_recipe(ref: str, overrides: list[str]) -> tuple[Recipe, str]:
     """The recipe stored in the checkpoint of ``ref``, with ``overrides`` applied."""
     from genctl.recipe import apply_overrides
@@ -568,34 +787,6 @@ def _init_from(nets: dict[str, nn.Module], ref: str) -> None:
     for k, v in ckpt.get("ema", {}).items():
         states[k[: -len("_ema")]] = v
     _load_nets(nets, states, f"init_from {ref}")
-
-
-# ---------------------------------------------------------------- Ctrl-C and SIGTERM
-
-
-class _StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to stop after the current step, save and exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def install(self) -> None:
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread
-            pass
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
 
 
 # ---------------------------------------------------------------- torchrun / DDP
@@ -643,6 +834,16 @@ class _Distributed:
             n = g.numel()
             p.grad = flat[offset : offset + n].view_as(p)
             offset += n
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (one tiny all-reduce under torchrun)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def close(self) -> None:
         if self.world > 1:
