@@ -16,6 +16,7 @@ from genctl.cli import app
 from genctl.spec import ModelSpec, Schema, labels_to_draw
 from genctl.tracking import get_run, local_path
 from tests import toy
+from tests.conftest import REPO
 from tests.helpers import TOY_RECIPE, use_toy_plugin, write_recipe
 
 
@@ -215,6 +216,14 @@ def test_file_that_is_not_a_checkpoint(cli, workdir):
     for command in (["train", "--resume"], ["sample", "--checkpoint"]):
         res = cli(*command, workdir / "notes.pt")
         _assert_bad_input(res, "notes.pt", "not a readable genctl checkpoint")
+
+
+def test_resume_with_a_checkpoint_of_another_family(cli, trained):
+    # a dcgan recipe resumed from the toy run's checkpoint: its networks do not fit
+    quickstart = REPO / "recipes" / "quickstart.yaml"
+    small = ["data.size=64", "train.batch_size=8", "--no-progress"]
+    res = cli("train", quickstart, *small, "--resume", trained)
+    _assert_bad_input(res, "do not fit this model")
 
 
 def test_image_folder_of_zero_byte_files(cli, workdir):
