@@ -217,6 +217,8 @@ class Tracker:
         self._upload_outage = _Outage(
             "artifacts", self.retry_seconds, f"the artifact store {self.artifact_uri}"
         )
+        if remote and self.local_dir.is_dir():
+            self._requeue_leftovers()  # a resumed run: what an earlier session could not send
         self._threads = [
             threading.Thread(target=self._write_records, name="genctl-mlflow", daemon=True),
             threading.Thread(target=self._upload_loop, name="genctl-uploads", daemon=True),
@@ -358,6 +360,28 @@ class Tracker:
             self._enqueue(_Upload(artifact_path, dest))
         return dest
 
+    def _requeue_leftovers(self) -> None:
+        for path in sorted(self.local_dir.rglob("*"), key=lambda p: p.stat().st_mtime_ns):
+            if not path.is_file() or path.name.startswith("."):  # a write cut short
+                continue
+            rel = path.relative_to(self.local_dir).as_posix()
+            if rel.startswith(".images/") and "-step-" in path.stem:
+                key, _, step = path.stem.rpartition("-step-")
+                image_key = key.replace("~", "/")
+                item = _Upload(
+                    f"images/{image_key}+step+{step}",
+                    path,
+                    None,
+                    image_key,
+                    int(step),
+                    path.stat().st_mtime_ns // 1_000_000,
+                )
+            elif not rel.startswith("."):
+                item = _Upload(rel, path)
+            else:
+                continue
+            self._uploads[item.key] = item
+
     def _enqueue(self, item: _Upload) -> None:
         with self._lock:
             self._uploads.pop(item.key, None)  # a newer version: the older one is not sent
@@ -491,7 +515,8 @@ class Tracker:
             )
             print(
                 f"warning: the artifact store {self.artifact_uri} did not receive {len(lines)} "
-                f"artifacts ({why}); they are kept here:\n  " + "\n  ".join(lines),
+                f"artifacts ({why}); they are kept here, and `genctl train --resume {self.run_id}` "
+                "resumes from them and sends them:\n  " + "\n  ".join(lines),
                 file=sys.stderr,
             )
         return lines

@@ -308,3 +308,5 @@ def test_resume_from_a_checkpoint_the_store_never_received(workdir, staging, mon
     assert res.exit_code == 0, res.output
     assert f"run {run_id} finished at step 15" in res.output
     assert checkpoint.load(staging / run_id / checkpoint.FINAL)["step"] == 15
+    # the first session's grid, still not received, was queued again and is listed again
+    assert "images/samples+step+10: " in res.output and "images/samples+step+15: " in res.output
