@@ -106,3 +106,15 @@ def load(path: str | Path) -> dict[str, Any]:
             "Upgrade genctl to read it.",
         )
     return ckpt
+
+
+def check_family(ckpt: dict[str, Any], plugin: str, path: str | Path) -> None:
+    """A checkpoint continues only a run of its own family (two families' networks may even
+    share names and shapes, and load without a complaint)."""
+    theirs = ckpt.get("plugin")
+    if theirs and theirs != plugin:
+        raise BadInput(
+            f"{path} is a checkpoint of a {theirs} model, but the recipe trains {plugin}",
+            "Resume a run with its own recipe (genctl train --resume RUN_ID, no recipe), "
+            f"or give a checkpoint of a {plugin} run.",
+        )

@@ -80,6 +80,8 @@ def _train(
     device = dist.device
     resume_path = resolve_checkpoint(resume) if resume else None
     ckpt = checkpoint.load(resume_path) if resume_path else None
+    if ckpt is not None:
+        checkpoint.check_family(ckpt, recipe.plugin, resume_path)
     _seed_everything(cfg.seed)
 
     # Data: decoded once, held as uint8 tensors; the loader shards by rank and resumes exactly.
