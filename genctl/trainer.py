@@ -603,7 +603,9 @@ def _write_checkpoint(tracker, artifact: str, payload, step: int, previous: int 
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         need = checkpoint.nbytes(payload)
-        folder = tracker.artifact_dir() or Path(tempfile.gettempdir())
+        # where the write happened: the run's folder, or the staging folder of a remote store
+        folder = getattr(tracker, "local_dir", None) or tracker.artifact_dir()
+        folder = Path(folder or tempfile.gettempdir())
         try:
             free = f"{_size(shutil.disk_usage(folder).free)} free"
         except OSError:
