@@ -183,13 +183,20 @@ def test_interrupt_during_the_sample_grid_abandons_it_and_saves_the_step(workdir
 def test_interrupt_before_training_begins_saves_nothing(workdir, monkeypatch):
     import genctl.data
 
-    def ctrl_c_while_decoding(cfg):
+    def sigterm_while_decoding(cfg):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("decoding went on after SIGTERM")
 
-    monkeypatch.setattr(genctl.data, "load_dataset", ctrl_c_while_decoding)
-    with pytest.raises(interrupts.Interrupted):
-        train(_recipe(), progress=False)
+    def unhandled(signum, frame):  # instead of SIGTERM's default: ending this test process
+        raise AssertionError("the trainer did not handle SIGTERM")
+
+    monkeypatch.setattr(genctl.data, "load_dataset", sigterm_while_decoding)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            train(_recipe(), progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert search_runs() == []
 
 
