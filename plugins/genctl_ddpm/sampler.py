@@ -16,7 +16,7 @@ from genctl.errors import BadInput
 from genctl.spec import DataInfo, Schema
 from genctl_ddpm.config import DDPMConfig
 from genctl_ddpm.guidance import GuideFn, guidance_registry
-from genctl_ddpm.scheduler import DDIMScheduler, make_schedule, make_scheduler
+from genctl_ddpm.scheduler import DDIMScheduler, Spacing, make_schedule, make_scheduler
 
 
 class DDPMSampleOptions(Schema):
@@ -27,6 +27,8 @@ class DDPMSampleOptions(Schema):
     method: Literal["ddpm", "ddim"] = "ddim"
     steps: int | None = Field(None, gt=0)  # default: 50 for ddim, all T for ddpm
     eta: float = Field(0.0, ge=0)  # ddim: 0 deterministic, 1 as noisy as ddpm
+    # where the steps fall in 0..T-1 (Lin et al. 2023): trailing and linspace start at T-1
+    spacing: Spacing = "leading"
     # class-conditional models: the class to draw; none: the classes genctl gives (image i of
     # class i mod K); guidance=0 draws from the unconditional model
     class_: int | None = Field(None, alias="class", ge=0)
@@ -72,7 +74,8 @@ class DiffusionSampler:
         scheduler.set_timesteps(
             # DDIM's default of 50 steps cannot exceed a short schedule's T
             opts.steps
-            or (min(50, self.config.timesteps) if opts.method == "ddim" else self.config.timesteps)
+            or (min(50, self.config.timesteps) if opts.method == "ddim" else self.config.timesteps),
+            opts.spacing,
         )
         timesteps = scheduler.timesteps.tolist()
         device = self.device

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 BetaSchedule = Literal["linear", "cosine"]
 Prediction = Literal["epsilon", "v"]
+Spacing = Literal["leading", "trailing", "linspace"]
 
 
 def make_betas(
@@ -130,24 +131,52 @@ def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 class _Scheduler:
-    """Shared by both samplers: the schedule, and evenly spaced sampling timesteps."""
+    """Shared by both samplers: the schedule, and the sampling timesteps with their spacing."""
 
     def __init__(self, schedule: NoiseSchedule) -> None:
         self.schedule = schedule
         self.num_inference_steps = schedule.num_train_timesteps
-        self.timesteps = torch.arange(schedule.num_train_timesteps - 1, -1, -1)
+        self.spacing: Spacing = "leading"
+        self._use(torch.arange(schedule.num_train_timesteps - 1, -1, -1))
 
-    def set_timesteps(self, num_inference_steps: int) -> None:
-        """Use ``num_inference_steps`` timesteps ``k * (T // n)``, k = n-1 .. 0 ("leading" spacing)."""
+    def set_timesteps(self, num_inference_steps: int, spacing: Spacing = "leading") -> None:
+        """Use ``num_inference_steps`` timesteps, spaced as in Lin et al. 2023, table 2
+        (https://arxiv.org/abs/2305.08891) and diffusers' ``timestep_spacing``:
+
+        - ``leading``: ``k * (T // n)`` for k = n-1 .. 0 (DDIM's, Stable Diffusion's): the first
+          step is at ``T - T//n``, never at ``T - 1``, where the sampler's pure noise belongs;
+        - ``trailing``: ``round(T - k * T/n) - 1`` for k = 0 .. n-1: starts at ``T - 1`` and
+          ends at ``T/n - 1``, from where the last step goes straight to x_0;
+        - ``linspace``: ``round(linspace(0, T-1, n))`` reversed: from ``T - 1`` down to 0.
+
+        Each step goes from its timestep to the next one in this list; the last one to x_0.
+        """
         T = self.schedule.num_train_timesteps
         if not 1 <= num_inference_steps <= T:
             raise ValueError(f"steps must be between 1 and {T}, got {num_inference_steps}")
-        self.num_inference_steps = num_inference_steps
-        stride = T // num_inference_steps
-        self.timesteps = torch.arange(num_inference_steps - 1, -1, -1) * stride
+        n = num_inference_steps
+        if spacing == "leading":
+            timesteps = torch.arange(n - 1, -1, -1) * (T // n)
+        elif spacing == "trailing":
+            timesteps = torch.arange(T, 0, -T / n, dtype=torch.float64).round().long() - 1
+        elif spacing == "linspace":
+            timesteps = torch.linspace(0, T - 1, n, dtype=torch.float64).round().long().flip(0)
+        else:
+            raise ValueError(f"unknown spacing {spacing!r}; expected leading, trailing or linspace")
+        self.num_inference_steps, self.spacing = n, spacing
+        self._use(timesteps)
+
+    def _use(self, timesteps: Tensor) -> None:
+        self.timesteps = timesteps
+        steps = timesteps.tolist()
+        self._previous = dict(zip(steps, steps[1:] + [-1], strict=True))
 
     def previous_timestep(self, t: int) -> int:
-        return t - self.schedule.num_train_timesteps // self.num_inference_steps
+        """The timestep a step from ``t`` lands on: the next one in ``timesteps``; -1 is x_0."""
+        try:
+            return self._previous[int(t)]
+        except KeyError:
+            raise ValueError(f"timestep {t} is not one of this scheduler's timesteps") from None
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         return self.schedule.add_noise(x0, noise, t)
@@ -163,11 +192,18 @@ class _Scheduler:
         abar_t = self.schedule.alphas_cumprod[int(timestep)].to(sample.device)
         return self.schedule.predict_x0_eps(model_output, sample, abar_t)[0]
 
-    def _x0_eps(self, model_output: Tensor, t: int, sample: Tensor) -> tuple[Tensor, Tensor]:
-        abar_t, _ = self._alphas(t)
-        x0, eps = self.schedule.predict_x0_eps(model_output, sample, abar_t.to(sample.device))
+    def _x0_eps(
+        self, model_output: Tensor, t: int, sample: Tensor, rederive: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """x_0 and the noise at ``x_t``; with ``clip_sample``, x_0 clamped to [-1, 1] and, if
+        ``rederive``, the noise that this clamped x_0 implies: ``(x_t - sqrt(abar_t) x_0) /
+        sqrt(1 - abar_t)``, so that ``x_t`` is again exactly ``x_0`` noised by it."""
+        abar_t = self.schedule.alphas_cumprod[t].to(sample.device)
+        x0, eps = self.schedule.predict_x0_eps(model_output, sample, abar_t)
         if self.schedule.clip_sample:
             x0 = x0.clamp(-1, 1)
+            if rederive:
+                eps = (sample - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
         return x0, eps
 
 
@@ -194,7 +230,7 @@ class DDPMScheduler(_Scheduler):
         mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (
             alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)
         ) * sample
-        if t > 0:
+        if self.previous_timestep(t) >= 0:  # the last step lands on x_0 itself: no noise
             variance = ((1 - abar_prev) / (1 - abar_t) * beta_t).clamp(min=1e-20)
             mean = mean + variance.sqrt() * _noise_like(sample, generator)
         return StepOutput(mean, x0)
@@ -203,7 +239,18 @@ class DDPMScheduler(_Scheduler):
 class DDIMScheduler(_Scheduler):
     """DDIM (Song et al. 2021, https://arxiv.org/abs/2010.02502, eq. 12): the same trained model,
     a non-Markovian reverse process. ``eta = 0`` is deterministic; ``eta = 1`` matches DDPM's noise.
+
+    With ``clip_sample``, the step's noise is re-derived from the clamped x_0 (``clipped_eps``,
+    as GLIDE and lucidrains' DDIM do; diffusers' ``use_clipped_model_output=True``). Keeping the
+    network's own noise beside a clamped x_0 (diffusers' default, ``clipped_eps=False``) makes
+    ``x_prev`` a blend that no single (x_0, noise) pair explains: what the clamp took out of x_0
+    is dropped rather than moved into the noise, and the sample drifts off the noise level the
+    next step assumes. See the README's sampler section for what that costs.
     """
+
+    def __init__(self, schedule: NoiseSchedule, clipped_eps: bool = True) -> None:
+        super().__init__(schedule)
+        self.clipped_eps = clipped_eps
 
     def step(
         self,
@@ -215,7 +262,7 @@ class DDIMScheduler(_Scheduler):
     ) -> StepOutput:
         t = int(timestep)
         abar_t, abar_prev = (a.to(sample.device) for a in self._alphas(t))
-        x0, eps = self._x0_eps(model_output, t, sample)
+        x0, eps = self._x0_eps(model_output, t, sample, self.clipped_eps)
         sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
         direction = (1 - abar_prev - sigma**2).sqrt() * eps  # "direction pointing to x_t"
         prev = abar_prev.sqrt() * x0 + direction

@@ -121,6 +121,55 @@ def test_set_timesteps_spaces_steps_evenly_down_to_zero():
     assert set((sched.timesteps[:-1] - sched.timesteps[1:]).tolist()) == {20}
 
 
+@pytest.mark.parametrize(
+    ("spacing", "first", "last"),
+    [("leading", 980, 0), ("trailing", 999, 19), ("linspace", 999, 0)],
+)
+def test_each_spacing_starts_and_ends_where_lin_et_al_put_it(spacing, first, last):
+    sched = DDIMScheduler(NoiseSchedule("linear", 1000))
+    sched.set_timesteps(50, spacing)
+    steps = sched.timesteps.tolist()
+    assert (steps[0], steps[-1], len(set(steps))) == (first, last, 50)
+    assert steps == sorted(steps, reverse=True)
+    # each step lands on the next listed timestep, the last one on x_0 (-1)
+    assert [sched.previous_timestep(t) for t in steps] == steps[1:] + [-1]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_a_ddim_step_with_the_true_noise_lands_on_the_next_timesteps_noise_level(spacing):
+    """With the exact noise, x_prev is x_0 noised to the next listed timestep, even where the
+    linspace gaps are uneven (1000 / 7 is not whole), and the last step gives x_0 itself."""
+    s = NoiseSchedule("linear", 1000)
+    sched = DDIMScheduler(s)
+    sched.set_timesteps(7, spacing)
+    x0 = torch.rand(2, 1, 4, 4) * 1.6 - 0.8
+    noise = torch.randn(2, 1, 4, 4)
+    for t in sched.timesteps.tolist():
+        xt = s.add_noise(x0, noise, torch.full((2,), t))
+        prev = sched.previous_timestep(t)
+        want = x0 if prev < 0 else s.add_noise(x0, noise, torch.full((2,), prev))
+        assert torch.allclose(sched.step(noise, t, xt).prev_sample, want, atol=1e-3), (t, prev)
+
+
+def test_ddim_with_clipping_keeps_x_prev_consistent_with_the_clamped_x0():
+    """The clamp moves x_0 into [-1, 1]; the noise is re-derived from the clamped x_0, so x_prev
+    is that x_0 noised, at the next level, by the very noise that explains x_t. Keeping the
+    network's own noise (the old behaviour) gives an x_prev no such pair explains."""
+    s = NoiseSchedule("linear", 1000, clip_sample=True)
+    sched = DDIMScheduler(s)
+    sched.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    for t in (980, 500, 100, 20):
+        xt, out = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g) * 0.5
+        step = sched.step(out, t, xt)
+        x0 = step.pred_original_sample
+        assert x0.abs().max() <= 1 and (x0.abs() == 1).any()  # the clamp did act
+        a_t, a_p = s.alphas_cumprod[t], s.alphas_cumprod[sched.previous_timestep(t)]
+        implied_t = (xt - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        implied_prev = (step.prev_sample - a_p.sqrt() * x0) / (1 - a_p).sqrt()
+        assert torch.allclose(implied_prev, implied_t, atol=1e-4), t
+
+
 # ---------------------------------------------------------------- the UNet
 
 
@@ -319,6 +368,8 @@ def test_options_take_class_by_its_name_and_reject_unknown_keys():
         DDPMSampleOptions.model_validate({"method": "euler"})
     with pytest.raises(ValidationError):
         DDPMSampleOptions.model_validate({"strength": 1.5})
+    with pytest.raises(ValidationError, match="leading"):
+        DDPMSampleOptions.model_validate({"spacing": "middle"})
 
 
 @pytest.mark.parametrize(
