@@ -189,6 +189,9 @@ class Tracker:
                 f"cannot reach the tracking store {self.uri}: {_error_line(exc)}",
                 "Check tracking.uri / MLFLOW_TRACKING_URI, or unset them to use ./mlflow.db.",
             ) from exc
+        # Another process still at work on the run (a training `genctl evaluate` logs to) owns
+        # its staging folder; a run resumed after it stopped sends what it left there.
+        leftovers = run_id is not None and run.info.status != "RUNNING"
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
@@ -217,7 +220,7 @@ class Tracker:
         self._upload_outage = _Outage(
             "artifacts", self.retry_seconds, f"the artifact store {self.artifact_uri}"
         )
-        if remote and self.local_dir.is_dir():
+        if remote and leftovers and self.local_dir.is_dir():
             self._requeue_leftovers()  # a resumed run: what an earlier session could not send
         self._threads = [
             threading.Thread(target=self._write_records, name="genctl-mlflow", daemon=True),
@@ -401,6 +404,8 @@ class Tracker:
                 stamp = _stamp(item.path)
             try:
                 self._upload(item)
+                failed = None
+            except FileNotFoundError:  # sent and removed by another session of the run
                 failed = None
             except Exception as exc:
                 failed = exc
