@@ -180,6 +180,26 @@ def test_interrupt_during_the_sample_grid_abandons_it_and_saves_the_step(workdir
     assert checkpoint.load(_artifacts(result.run_id) / checkpoint.LAST)["step"] == 10
 
 
+def test_second_interrupt_stops_at_once_keeping_the_last_checkpoint(workdir, monkeypatch):
+    original = toy.ToyObjective.loss
+
+    def ctrl_c_twice(self, group, batch, step):
+        if step == 7 and group == "g":
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            raise AssertionError("the step went on after a second Ctrl-C")
+        return original(self, group, batch, step)
+
+    monkeypatch.setattr(toy.ToyObjective, "loss", ctrl_c_twice)
+    with pytest.raises(
+        interrupts.Interrupted, match="without saving; the last checkpoint is step 5"
+    ):
+        train(_recipe(), progress=False)
+    (run,) = search_runs()
+    assert run.status == "KILLED"
+    assert checkpoint.load(local_path(run.artifact_uri) / checkpoint.LAST)["step"] == 5
+
+
 def test_interrupt_before_training_begins_saves_nothing(workdir, monkeypatch):
     import genctl.data
 
