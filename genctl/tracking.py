@@ -136,7 +136,7 @@ class _Outage:
         return self.since is not None and time.monotonic() - self.since > self.bound
 
     def backoff(self) -> float:
-        return min(MAX_BACKOFF, 0.25 * 2 ** min(self.tries, 5))
+        return min(MAX_BACKOFF, 0.1 * 2 ** min(self.tries, 6))
 
 
 @dataclass
@@ -541,7 +541,7 @@ class Tracker:
                     raise RunFailure(
                         f"tracking store {self.uri} failed: {_error_line(exc)}"
                     ) from exc
-                time.sleep(min(MAX_BACKOFF, 0.25 * 2 ** min(tries, 5)))
+                time.sleep(min(MAX_BACKOFF, 0.1 * 2 ** min(tries, 6)))
 
 
 def _stamp(path: Path | None) -> tuple | None:
