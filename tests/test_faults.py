@@ -191,10 +191,9 @@ def test_second_interrupt_stops_at_once_keeping_the_last_checkpoint(workdir, mon
         return original(self, group, batch, step)
 
     monkeypatch.setattr(toy.ToyObjective, "loss", ctrl_c_twice)
-    with pytest.raises(
-        interrupts.Interrupted, match="without saving; the last checkpoint is step 5"
-    ):
+    with pytest.raises(KeyboardInterrupt) as info:  # a regression must not end the session
         train(_recipe(), progress=False)
+    assert "without saving; the last checkpoint is step 5" in str(info.value)
     (run,) = search_runs()
     assert run.status == "KILLED"
     assert checkpoint.load(local_path(run.artifact_uri) / checkpoint.LAST)["step"] == 5
