@@ -36,6 +36,7 @@ def workdir(tmp_path, monkeypatch, _empty_mlflow_db) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GENCTL_CACHE", str(tmp_path / ".cache"))
+    monkeypatch.setenv("GENCTL_STAGING", str(tmp_path / "staging"))  # a remote store's artifacts
     return tmp_path
 
 
