@@ -281,7 +281,13 @@ def test_default_steps_are_all_timesteps_for_ddpm_and_fifty_for_ddim(method, cal
     seen = []
     nets["unet"].register_forward_pre_hook(lambda mod, args: seen.append(int(args[1][0])))
     draw(sampler, n=1, method=method)
-    assert len(seen) == calls and seen[-1] == 0
+    # trailing spacing: the first call is at T-1, where the starting noise belongs
+    assert len(seen) == calls and seen[0] == 99 and seen == sorted(seen, reverse=True)
+
+
+def test_the_default_sampler_is_the_one_measured_best_at_fifty_calls():
+    opts = DDPMSampleOptions()  # the README's FID table: DDIM-50, eta 1, trailing
+    assert (opts.method, opts.steps, opts.eta, opts.spacing) == ("ddim", None, 1.0, "trailing")
 
 
 def test_sampler_uses_the_ema_network_when_the_trainer_keeps_one():
