@@ -29,6 +29,9 @@ from genctl.errors import BadInput, RunFailure
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 PLUGIN_TAG = "genctl.plugin"
+# The MLflow 3 UI opens an experiment of this kind on its runs (Model training), not on traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 
 
@@ -48,8 +51,58 @@ def _mlflow(uri: str | None = None):
 
     for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(resolve_uri(uri))
+    uri = resolve_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    _open_store(mlflow, uri)
     return mlflow
+
+
+_opened: set[str] = set()  # sqlite stores this process has opened (created or migrated if needed)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if needed); no lock where none can be taken
+    (a folder this user cannot write, a system without ``fcntl``)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_store(mlflow, uri: str) -> None:
+    """Open a sqlite store the first time under a lock beside it (``mlflow.db.lock``).
+
+    MLflow creates a fresh store's tables and migrates its schema when it opens it, with no lock:
+    two processes opening a new ``mlflow.db`` at once both migrate and one dies (``duplicate
+    column name``), or finds the schema half-way and refuses it. Under the lock the first one
+    creates it and the others wait, then find it ready. MLflow keeps the opened store for the
+    process, so the lock is taken once per process and store.
+    """
+    db = _sqlite_file(uri)
+    if db is None or uri in _opened:
+        return
+    with _file_lock(db.with_name(db.name + ".lock")):
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception:
+            return  # the caller's own call to the store says what is wrong, in its words
+    _opened.add(uri)
 
 
 def client(uri: str | None = None):
@@ -86,6 +139,10 @@ def staged(run_id: str, artifact_path: str) -> Path | None:
 
 def _error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def _warn(what: str, exc: BaseException) -> None:
+    print(f"warning: {what} ({_error_line(exc)}); the run goes on", file=sys.stderr)
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -176,9 +233,7 @@ class Tracker:
         self._client = mlflow.MlflowClient(tracking_uri=self.uri)
         try:
             if run_id is None:
-                exp = self._client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
-                run = self._client.create_run(exp_id, run_name=run_name)
+                run = self._client.create_run(self._experiment(experiment), run_name=run_name)
             else:
                 run = self._client.get_run(run_id)
                 self._client.update_run(run_id, status="RUNNING")
@@ -228,6 +283,35 @@ class Tracker:
         ]
         for t in self._threads:
             t.start()
+
+    def _experiment(self, name: str) -> str:
+        """The id of the experiment ``name``, created (as model training) when there is none.
+
+        Another process may create it between the look-up and the creation: then that one is
+        used. An experiment without a kind is marked model training, so the MLflow UI opens it on
+        its runs rather than on traces.
+        """
+        from mlflow.exceptions import MlflowException
+
+        for _ in range(5):
+            exp = self._client.get_experiment_by_name(name)
+            if exp is not None:
+                if EXPERIMENT_KIND_TAG not in exp.tags:
+                    try:
+                        self._client.set_experiment_tag(
+                            exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                        )
+                    except Exception as exc:  # only the UI's first view depends on it
+                        _warn(f"could not mark experiment {name!r} as model training", exc)
+                return exp.experiment_id
+            try:
+                return self._client.create_experiment(
+                    name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        raise RunFailure(f"experiment {name!r} could neither be found nor created")
 
     # ------------------------------------------------------------ params and tags
 

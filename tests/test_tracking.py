@@ -39,6 +39,19 @@ def test_env_var_points_elsewhere(workdir, monkeypatch):
     assert resolve_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"  # the recipe's wins
 
 
+def test_experiments_are_model_training_so_the_ui_opens_on_their_runs(workdir):
+    c = client()
+    c.create_experiment("older")  # made before genctl marked them: marked on the next run
+    for name in ("new", "older"):
+        Tracker(experiment=name, run_name="r").finish()
+        assert c.get_experiment_by_name(name).tags["mlflow.experimentKind"] == (
+            "custom_model_development"
+        )
+    mine = c.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(experiment="mine", run_name="r").finish()
+    assert c.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
+
+
 def test_metrics_survive_a_store_that_fails_for_a_while(workdir):
     tracker = Tracker(experiment="e", run_name="r")
     real = tracker._client.log_batch
@@ -57,6 +70,57 @@ def test_metrics_survive_a_store_that_fails_for_a_while(workdir):
     history = client().get_metric_history(tracker.run_id, "train/loss")
     assert failures["left"] == 0
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+
+
+_START_TOGETHER = """
+import sys, time
+from pathlib import Path
+import mlflow  # imported before the start line: the processes race on opening the store
+from genctl.tracking import Tracker
+Path(f"ready-{sys.argv[1]}").touch()
+while not Path("go").exists():
+    time.sleep(0.01)
+tracker = Tracker(experiment="together", run_name=f"run-{sys.argv[1]}")
+tracker.log_metrics({"train/loss": 1.0}, 1)
+tracker.finish()
+"""
+
+
+def test_runs_started_together_in_a_new_folder_all_succeed(tmp_path):
+    """A new store is created once, under a lock: MLflow's own migration races (one process
+    died with `duplicate column name`), and so does creating the experiment."""
+    n = 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _START_TOGETHER, str(i)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(tmp_path.glob("ready-*"))) < n:
+            assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
+            assert time.monotonic() < deadline, "the processes did not start"
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(outputs)
+    c = client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("together")
+    runs = c.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"run-{i}" for i in range(n)]
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def _free_port() -> int:
