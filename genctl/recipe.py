@@ -81,13 +81,29 @@ class TrainConfig(Schema):
 
 class EvaluateConfig(Schema):
     every: int | None = Field(None, gt=0)
-    metrics: list[Literal["fid", "kid", "isc", "prc", "psnr", "ssim", "nll"]] = ["fid", "kid"]
+    metrics: list[
+        Literal[
+            "fid",
+            "kid",
+            "isc",
+            "prc",
+            "psnr",
+            "ssim",
+            "nll",
+            "accuracy",
+            "fid_domain",
+            "kid_domain",
+        ]
+    ] = ["fid", "kid"]
     num_samples: int = Field(10000, gt=0)  # generated images per evaluation
     num_real: int | None = Field(None, gt=0)  # real images compared with (default: num_samples)
     nll_images: int | None = Field(None, gt=0)  # test images `nll` scores (default: all of them)
     batch_size: int = Field(64, gt=0)
     best: str | None = None  # keep the best checkpoint by this metric
     feature_extractor_weights: str | None = None  # local Inception weights (offline)
+    # a trained classifier of the data (RUN_ID or checkpoint path): fid_domain and kid_domain
+    # are FID and KID in its features, beside Inception's fid and kid
+    feature_extractor: str | None = None
     # sampler options to generate with, as `genctl sample` takes them ({guidance: 3.0, steps: 50},
     # {truncation: 0.7}): validated against the model's sampler options, recorded with the numbers
     sampler: dict[str, Any] = {}

@@ -586,7 +586,7 @@ def _keep_best(recipe, scores, best, step, save_checkpoint):
     key = recipe.evaluate.best
     if not key or key not in scores:
         return best
-    lower_is_better = not key.startswith(("isc", "precision", "recall", "psnr", "ssim"))
+    lower_is_better = not key.startswith(("isc", "precision", "recall", "psnr", "ssim", "accuracy"))
     value = scores[key]
     if best is None or (value < best["value"] if lower_is_better else value > best["value"]):
         best = {"metric": key, "value": float(value), "step": step}

@@ -29,7 +29,8 @@ def evaluate_command(
         str | None,
         typer.Option(
             "--metrics",
-            help="Comma-separated: fid, kid, isc, prc, psnr, ssim, nll. Default: the recipe's evaluate.metrics.",
+            help="Comma-separated: fid, kid, isc, prc, psnr, ssim, nll, accuracy, fid_domain, "
+            "kid_domain. Default: the recipe's evaluate.metrics.",
         ),
     ] = None,
     num_samples: Annotated[
@@ -65,6 +66,14 @@ def evaluate_command(
             "then $GENCTL_INCEPTION_WEIGHTS, then a download.",
         ),
     ] = None,
+    feature_extractor: Annotated[
+        str | None,
+        typer.Option(
+            "--feature-extractor",
+            help="RUN_ID or checkpoint of a classifier of the data: fid_domain and kid_domain are "
+            "FID/KID in its features. Default: evaluate.feature_extractor.",
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
@@ -76,6 +85,7 @@ def evaluate_command(
     genctl evaluate --run RUN_ID --metrics fid,kid,isc,prc --num-samples 50000
     genctl evaluate --run RUN_ID guidance=3.0 steps=50
     genctl evaluate --checkpoint model.pt --device cuda
+    genctl evaluate --run RUN_ID --metrics fid_domain,kid_domain --feature-extractor CLASSIFIER_RUN
     """
     from genctl.evaluation import evaluate, parse_metrics, source_for
     from genctl.evaluation.sources import evaluation_options
@@ -109,6 +119,7 @@ def evaluate_command(
         device=dev,
         batch_size=batch_size or cfg.batch_size,
         progress=progress,
+        feature_extractor=feature_extractor or cfg.feature_extractor,
     )
     typer.echo(f"{model.spec.name} at step {model.step} ({model.source})")
     typer.echo(format_table(result.logged()))
@@ -149,11 +160,22 @@ def format_likelihood(p: dict[str, str]) -> str:
 
 
 def format_protocol(p: dict[str, str]) -> str:
-    """One line saying how the numbers were made (and one for the likelihood's)."""
-    if "eval.nll_protocol" in p:
-        rest = {k: v for k, v in p.items() if not k.startswith("eval.nll_")}
-        lines = [format_likelihood(p)]
+    """One line saying how the numbers were made (and one each for the likelihood's, the
+    accuracy's and the domain features')."""
+    held = [k for k in ("eval.nll_protocol", "eval.accuracy_set") if k in p]
+    if held:
+        rest = {k: v for k, v in p.items() if not k.startswith(("eval.nll_", "eval.accuracy_"))}
+        lines = [format_likelihood(p)] if "eval.nll_protocol" in p else []
+        if "eval.accuracy_set" in p:
+            lines.append(f"accuracy on {p['eval.accuracy_set']}")
         return "\n".join(lines + [format_protocol(rest)] if "eval.protocol" in rest else lines)
+    if "eval.domain_protocol" in p and "eval.domain_extractor" in p:
+        rest = {k: v for k, v in p.items() if k != "eval.domain_protocol"}
+        domain = (
+            f"domain protocol {p['eval.domain_protocol']}: features ({p['eval.domain_features']}) "
+            f"of {p['eval.domain_extractor']} at {p['eval.domain_input']}"
+        )
+        return "\n".join([domain, format_protocol(rest)])
     parts = [f"{p['eval.num_generated']} generated"]
     if "eval.num_real" in p:
         parts[0] += f" vs {p['eval.num_real']} real ({p['eval.real_set']})"

@@ -1,5 +1,6 @@
 """Evaluation: FID, KID, IS and precision/recall through torch-fidelity, PSNR/SSIM for paired
-tasks, and the negative log-likelihood of test images for models that have one.
+tasks, the negative log-likelihood of test images for models that have one, the test accuracy
+of classifiers, and FID/KID in a domain classifier's features (``fid_domain``, ``kid_domain``).
 
 :func:`evaluate` takes an :class:`ImageSource` (generated images straight from the sampler, and
 the real images to judge them against) and returns the numbers with the protocol that produced
@@ -45,7 +46,15 @@ __all__ = [
 INCEPTION_METRICS = ("fid", "kid", "isc", "prc")  # torch-fidelity, Inception features
 PAIRED_METRICS = ("psnr", "ssim")  # one output against its own target
 LIKELIHOOD_METRICS = ("nll",)  # the model's own likelihood of test images (likelihood.py)
-METRICS = INCEPTION_METRICS + PAIRED_METRICS + LIKELIHOOD_METRICS
+CLASSIFIER_METRICS = ("accuracy",)  # a classifier's on test images (classification.py)
+DOMAIN_METRICS = (
+    "fid_domain",
+    "kid_domain",
+)  # in evaluate.feature_extractor's features (domain.py)
+HELD_OUT_METRICS = LIKELIHOOD_METRICS + CLASSIFIER_METRICS  # nothing generated
+METRICS = (
+    INCEPTION_METRICS + PAIRED_METRICS + LIKELIHOOD_METRICS + CLASSIFIER_METRICS + DOMAIN_METRICS
+)
 NEED_REAL = ("fid", "kid", "prc")
 PAIRED_TASKS = ("paired", "super_resolution")  # outputs with their own targets
 RESULT_KEYS = {  # metric -> the names it reports (logged as eval/<name>)
@@ -56,6 +65,9 @@ RESULT_KEYS = {  # metric -> the names it reports (logged as eval/<name>)
     "psnr": ("psnr",),
     "ssim": ("ssim",),
     "nll": ("nll", "bpd"),
+    "accuracy": ("accuracy",),
+    "fid_domain": ("fid_domain",),
+    "kid_domain": ("kid_domain_mean", "kid_domain_std"),
 }
 CACHE_FORMAT = 1  # bump when what is cached for a key changes
 
@@ -101,6 +113,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     progress: bool = True,
+    feature_extractor: str | None = None,
 ) -> Evaluation:
     """Compute ``metrics`` on ``source``.
 
@@ -112,6 +125,9 @@ def evaluate(
     model and generates nothing (see :mod:`genctl.evaluation.likelihood`).
     ``weights`` is the local Inception weights file (else ``$GENCTL_INCEPTION_WEIGHTS``, else
     torch-fidelity's download).
+    ``accuracy`` scores a classifier on the test images of ``source.classifier``.
+    ``fid_domain`` and ``kid_domain`` are FID and KID in the features of the classifier
+    ``feature_extractor`` (a RUN_ID or checkpoint path; see :mod:`genctl.evaluation.domain`).
     """
     wanted = parse_metrics(metrics)
     if not source.paired and any(m in PAIRED_METRICS for m in wanted):
@@ -125,6 +141,21 @@ def evaluate(
             "nll applies to likelihood models whose sampler has nll() (see docs/plugins.md); "
             "use fid, kid, isc or prc here.",
         )
+    if "accuracy" in wanted and source.classifier is None:
+        raise BadInput(
+            "accuracy: this model does not classify images",
+            "accuracy applies to classifiers, whose sampler has classify() (the classifier "
+            "family); use fid, kid, isc or prc here.",
+        )
+    domain = [m for m in wanted if m in DOMAIN_METRICS]
+    if domain and not feature_extractor:
+        raise BadInput(
+            f"{', '.join(domain)}: no domain classifier to take features from",
+            "Set evaluate.feature_extractor: RUN_ID (or a checkpoint path) of a trained "
+            "classifier of this data (genctl train recipes/classifier.yaml).",
+        )
+    if domain and source.real is None:
+        raise BadInput(f"{', '.join(domain)}: this image source has no real images to compare with")
     inception = [m for m in wanted if m in INCEPTION_METRICS]
     if any(m in NEED_REAL for m in inception) and source.real is None:
         raise BadInput(
@@ -134,6 +165,7 @@ def evaluate(
     notes = list(source.notes)
     protocol: dict[str, str] = {**source.protocol, "eval.num_generated": str(source.count)}
     values: dict[str, float] = {}
+    held_protocol: dict[str, str] = {}  # of the metrics on test images (nll, accuracy)
 
     extractor = weights_file = real = None
     if inception:
@@ -158,6 +190,17 @@ def evaluate(
         protocol["eval.num_real"] = str(len(real["features"]))
         protocol["eval.real_set"] = source.real_name
         protocol["eval.real_fingerprint"] = real["fingerprint"]
+    domain_extractor = domain_real = None
+    if domain:
+        from genctl.evaluation import domain as domain_features
+
+        domain_extractor = domain_features.DomainExtractor(feature_extractor, device)
+        protocol.update(domain_extractor.protocol)
+        domain_real, real_note = domain_features.real_features(source, domain_extractor, batch_size)
+        notes.append(real_note)
+        protocol["eval.num_real"] = str(len(source.real))
+        protocol["eval.real_set"] = source.real_name
+        protocol["eval.real_fingerprint"] = content_fingerprint(source.real)[:16]
 
     if "nll" in wanted:
         from genctl.evaluation import likelihood
@@ -167,16 +210,33 @@ def evaluate(
         )
         values.update(nll)
         protocol.update(nll_protocol)
+        held_protocol.update(nll_protocol)
         notes += nll_notes
-    if not inception and not source.paired:  # the likelihood alone: nothing generated
-        return Evaluation(values, nll_protocol, notes)
+    if "accuracy" in wanted:
+        from genctl.evaluation import classification
 
-    generated, paired = _generated_pass(source, extractor, device, batch_size, progress)
+        acc, acc_protocol, acc_notes = classification.measure(
+            source.classifier, device=device, batch_size=batch_size, progress=progress
+        )
+        values.update(acc)
+        protocol.update(acc_protocol)
+        held_protocol.update(acc_protocol)
+        notes += [n for n in acc_notes if n not in notes]
+    if not inception and not domain and not source.paired:  # held-out metrics: nothing generated
+        return Evaluation(values, held_protocol, notes)
+
+    generated, paired = _generated_pass(
+        source, extractor, device, batch_size, progress, domain_extractor
+    )
     if generated["count"] < source.count:
         notes.append(f"the source gave {generated['count']} images of the {source.count} asked for")
         protocol["eval.num_generated"] = str(generated["count"])
     if inception:
         values.update(_inception_metrics(inception, generated, real, protocol, notes))
+    if domain:
+        values.update(
+            domain_features.metrics(domain, generated["domain"], domain_real, protocol, notes)
+        )
     for key, vals in paired.items():
         values[key] = float(torch.cat(vals).mean())
     for name, batches in source.baselines.items():
@@ -275,12 +335,16 @@ def _rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def _generated_pass(source, extractor, device, batch_size, progress) -> tuple[dict, dict]:
-    """One pass over the generated images: Inception features and, when paired, PSNR/SSIM."""
+def _generated_pass(
+    source, extractor, device, batch_size, progress, domain=None
+) -> tuple[dict, dict]:
+    """One pass over the generated images: Inception features, the domain classifier's
+    (``domain``, under the key ``"domain"``) and, when paired, PSNR/SSIM."""
     features: dict[str, list[Tensor]] = {}
     paired: dict[str, list[Tensor]] = {}
     done = 0
-    desc = "generating + features" if extractor is not None else "generating"
+    extracting = extractor is not None or domain is not None
+    desc = "generating + features" if extracting else "generating"
     with _bar(source.count, desc, progress) as bar, torch.no_grad():
         for batch in source.generate(batch_size):
             images = to_uint8(batch)[: source.count - done]
@@ -289,6 +353,10 @@ def _generated_pass(source, extractor, device, batch_size, progress) -> tuple[di
             if extractor is not None:
                 for layer, value in _extract(extractor, images, device).items():
                     features.setdefault(layer, []).append(value)
+            if domain is not None:
+                if done == 0:
+                    domain.check(images, "generated images")
+                features.setdefault("domain", []).append(domain(images))
             done += len(images)
             bar.update(len(images))
             if done >= source.count:
@@ -406,6 +474,24 @@ def check_ready(recipe: Any) -> None:
     wanted = parse_metrics(cfg.metrics)
     if "nll" in wanted:
         _check_likelihood(recipe)
+    if "accuracy" in wanted:
+        _check_classifier(recipe)
+    if any(m in DOMAIN_METRICS for m in wanted):
+        if not cfg.feature_extractor:
+            raise BadInput(
+                "evaluate.metrics: fid_domain and kid_domain need evaluate.feature_extractor",
+                "Set evaluate.feature_extractor: RUN_ID (or a checkpoint path) of a classifier "
+                "trained on this data (genctl train recipes/classifier.yaml).",
+            )
+        from genctl.classifiers import load_classifier
+
+        load_classifier(cfg.feature_extractor)  # a wrong run id fails now, not at step N
+    elif cfg.feature_extractor:
+        raise BadInput(
+            "evaluate.feature_extractor is set but evaluate.metrics asks for no domain metric",
+            "Add fid_domain and/or kid_domain to evaluate.metrics (the Inception fid/kid stay "
+            "as they are), or drop evaluate.feature_extractor.",
+        )
     if any(m in PAIRED_METRICS for m in wanted) and recipe.spec.task not in PAIRED_TASKS:
         raise BadInput(
             f"evaluate.metrics: PSNR and SSIM need paired targets; {recipe.plugin} is a "
@@ -443,6 +529,19 @@ def _check_likelihood(recipe: Any) -> None:
         )
 
 
+def _check_classifier(recipe: Any) -> None:
+    from genctl.classifiers import is_classifier
+
+    spec = recipe.spec
+    known = not isinstance(spec.sampler, type) or is_classifier(spec.sampler)
+    if spec.task not in ("unconditional", "conditional") or not known:
+        raise BadInput(
+            f"evaluate.metrics: accuracy scores a classifier; {recipe.plugin} does not classify",
+            "accuracy applies to classifiers (the classifier family, or a model whose sampler "
+            "has classify() and features()); use fid, kid, isc or prc here.",
+        )
+
+
 def evaluate_in_training(
     recipe: Any,
     spec: Any,
@@ -477,6 +576,7 @@ def evaluate_in_training(
             device=device,
             batch_size=cfg.batch_size,
             progress=True,
+            feature_extractor=cfg.feature_extractor,
         )
     if tracker is not None:
         record(tracker, result, step)

@@ -54,6 +54,8 @@ class ImageSource:
     border: int = 0
     # held-out images for the model's own likelihood (`nll`), see genctl.evaluation.likelihood
     likelihood: Any = None
+    # held-out labelled images for a classifier's `accuracy`, see genctl.evaluation.classification
+    classifier: Any = None
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -193,7 +195,17 @@ def source_for(
         from genctl.evaluation.likelihood import held_out
 
         heldout = held_out(recipe, sampler, nll_images or recipe.evaluate.nll_images, seed)
-        return ImageSource(generate, num_samples, real, name, protocol=protocol, likelihood=heldout)
+        from genctl.evaluation import classification
+
+        return ImageSource(
+            generate,
+            num_samples,
+            real,
+            name,
+            protocol=protocol,
+            likelihood=heldout,
+            classifier=classification.held_out(recipe, sampler),
+        )
 
     data, notes = _test_split(recipe.data)
     t = data.tensors

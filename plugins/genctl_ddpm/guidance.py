@@ -10,8 +10,9 @@ The push is applied at every step, so more steps steer harder; the default scale
 the MNIST recipe's model with DDIM-50 (``color`` 0.1, ``classifier`` 0.05).
 
 Built in: ``color`` (MSE of the x_0 estimate to a target colour) and ``classifier`` (minus the
-log-probability a classifier checkpoint gives the chosen class). Other plugins add guidance
-functions with the ``genctl_register_guidance`` hook::
+log-probability a classifier gives the chosen class: ``classifier=RUN_ID`` of a run of the
+``classifier`` family, a checkpoint path, or a file of ``python -m genctl_ddpm.classifier``).
+Other plugins add guidance functions with the ``genctl_register_guidance`` hook::
 
     @genctl.hookimpl
     def genctl_register_guidance(registry):
@@ -27,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,7 +131,7 @@ def make_color_guide(options: Any, info: DataInfo, device: torch.device) -> Guid
 
 
 def classifier_loss(logits: Tensor, target: int) -> Tensor:
-    """Minus a classifier's log-probability of ``target_class`` (``classifier=PATH``)."""
+    """Minus a classifier's log-probability of ``target_class`` (``classifier=RUN_ID|PATH``)."""
     return -F.log_softmax(logits.float(), dim=1)[:, target]
 
 
@@ -140,20 +142,58 @@ def _cached_classifier(path: str, device: str) -> torch.nn.Module:
     return load_classifier(path, device)
 
 
+def _is_side_script_file(ref: str) -> bool:
+    """A file written by ``python -m genctl_ddpm.classifier`` (the format before classifiers
+    became a family), rather than a genctl checkpoint."""
+    from genctl_ddpm.classifier import FORMAT
+
+    if not Path(ref).is_file():
+        return False
+    try:
+        state = torch.load(ref, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def _classifier(ref: str, info: DataInfo, device: torch.device) -> tuple[GuideFn, int, int]:
+    """(logits of x0, channels, classes) of a classifier run or checkpoint (genctl.classifiers:
+    the ``classifier`` family), or of a side-script file. A classifier trained at another
+    resolution sees x0 resized to its own, differentiably."""
+    if _is_side_script_file(ref):
+        model = _cached_classifier(ref, str(device))
+        return model, model.channels, model.num_classes
+    from genctl.classifiers import load_classifier
+
+    clf = load_classifier(ref, device)
+    side = clf.image_size
+
+    def logits(x0: Tensor) -> Tensor:
+        if x0.shape[-1] != side or x0.shape[-2] != side:
+            x0 = F.interpolate(x0, size=(side, side), mode="bilinear", antialias=True)
+        return clf.logits(x0)
+
+    return logits, clf.channels, clf.num_classes
+
+
 def make_classifier_guide(options: Any, info: DataInfo, device: torch.device) -> GuideFn:
     if options.classifier is None:
-        raise BadInput("guide=classifier needs a classifier checkpoint", "Add classifier=PATH.")
+        raise BadInput(
+            "guide=classifier needs a classifier",
+            "Add classifier=RUN_ID of a classifier run (genctl train recipes/classifier-mnist.yaml)"
+            " or classifier=PATH of its checkpoint.",
+        )
     if options.target_class is None:
         raise BadInput("guide=classifier needs the class to steer toward", "Add target_class=N.")
-    model = _cached_classifier(str(options.classifier), str(device))
-    if model.channels != info.channels:
+    logits, channels, num_classes = _classifier(str(options.classifier), info, device)
+    if channels != info.channels:
         raise BadInput(
-            f"the classifier takes {model.channels}-channel images, the model makes {info.channels}",
+            f"the classifier takes {channels}-channel images, the model makes {info.channels}",
             "Use a classifier trained on the same data as the diffusion model.",
         )
-    if not 0 <= options.target_class < model.num_classes:
+    if not 0 <= options.target_class < num_classes:
         raise BadInput(
             f"target_class={options.target_class} is out of range",
-            f"The classifier knows classes 0..{model.num_classes - 1}.",
+            f"The classifier knows classes 0..{num_classes - 1}.",
         )
-    return lambda x0, t: classifier_loss(model(x0), options.target_class)
+    return lambda x0, t: classifier_loss(logits(x0), options.target_class)

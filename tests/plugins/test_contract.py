@@ -62,6 +62,7 @@ TINY: dict[str, list[str]] = {
     "autoencoder": ["model.width=4", "model.latent_channels=2"],
     "vae": ["model.width=4", "model.latent_channels=2"],
     "pixelcnn": ["data.image_size=8", "model.width=8", "model.layers=1", "model.levels=4"],
+    "classifier": ["model.width=8", "model.pool=2", "train.grid_size=3"],
 }
 # ProGAN at step 3 fades 8x8 in (4x4 stable for 2 steps, then a 2-step fade): every layer works.
 STEP = {"progan": 3}
