@@ -732,10 +732,42 @@ def download(run: RunInfo, artifact_path: str, uri: str | None = None) -> Path |
         return None
 
 
-def ui(uri: str | None, host: str, port: int) -> int:
-    """Start the MLflow UI on the store genctl writes to; returns its exit code."""
+def ui_url(host: str, port: int, experiment: str | None = None, uri: str | None = None) -> str:
+    """Where the MLflow UI shows the runs of ``experiment`` (by default the experiment of the
+    newest genctl run); the UI's home when the store has none. An unknown name is bad input."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    if experiment:
+        exp = client(uri).get_experiment_by_name(experiment)
+        if exp is None:
+            names = ", ".join(e.name for e in client(uri).search_experiments()) or "none"
+            raise BadInput(
+                f"no experiment {experiment!r} in the tracking store {resolve_uri(uri)}",
+                f"Experiments there: {names}.",
+            )
+        exp_id = exp.experiment_id
+    else:
+        newest = search_runs(limit=1, uri=uri)
+        if not newest:
+            return f"{base}/"
+        exp_id = client(uri).get_run(newest[0].run_id).info.experiment_id
+    return f"{base}/#/experiments/{exp_id}/runs"
+
+
+def can_open_browser() -> bool:
+    """A graphical browser can be opened here (not over ssh without a display, where Python's
+    ``webbrowser`` would start a text browser in the terminal the server logs to)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def ui(uri: str | None, host: str, port: int, browse: str | None = None) -> int:
+    """Start the MLflow UI on the store genctl writes to and, once it answers, open the browser
+    on ``browse``; returns the server's exit code."""
+    import socket
     import subprocess
-    import sys
+    import webbrowser
 
     store = resolve_uri(uri)
     cmd = [
@@ -752,4 +784,25 @@ def ui(uri: str | None, host: str, port: int) -> int:
     ]
     if store.startswith("sqlite:") or "://" not in store:
         cmd += ["--default-artifact-root", str(Path("mlruns").resolve())]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+
+    def open_when_up() -> None:
+        connect = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection((connect, port), timeout=1).close()
+            except OSError:
+                time.sleep(0.5)
+                continue
+            webbrowser.open(browse)
+            return
+
+    if browse:
+        threading.Thread(target=open_when_up, name="genctl-browser", daemon=True).start()
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise

@@ -43,9 +43,20 @@ def list_command(
 def ui_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="Port to listen on."),
+    experiment: str = typer.Option(
+        None,
+        "--experiment",
+        "-e",
+        help="Open on this experiment's runs (default: the newest run's).",
+    ),
+    browser: bool = typer.Option(
+        True, "--browser/--no-browser", help="Open the browser once the UI answers."
+    ),
 ) -> None:
-    """Start the MLflow UI on genctl's tracking store (compare runs side by side)."""
-    from genctl.tracking import resolve_uri, ui
+    """Start the MLflow UI on genctl's tracking store, opened on an experiment's runs."""
+    from genctl import tracking
 
-    typer.echo(f"MLflow UI for {resolve_uri()} at http://{host}:{port}  (Ctrl-C to stop)")
-    raise typer.Exit(ui(None, host, port))
+    url = tracking.ui_url(host, port, experiment)
+    browse = url if browser and tracking.can_open_browser() else None
+    typer.echo(f"MLflow UI for {tracking.resolve_uri()} at {url}  (Ctrl-C to stop)")
+    raise typer.Exit(tracking.ui(None, host, port, browse=browse))

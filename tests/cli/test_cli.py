@@ -357,3 +357,38 @@ def test_sample_class_option_still_picks_one_class(cli, labelled, workdir):
 def test_sample_class_out_of_range_is_bad_input(cli, labelled, workdir):
     res = cli("sample", "--run", labelled, "--out", workdir / "x.png", "class=3")
     _assert_bad_input(res, "class=3 is out of range", "classes 0 to 2")
+
+
+# ---------------------------------------------------------------- genctl ui
+
+
+@pytest.fixture
+def no_server(monkeypatch):
+    """`genctl ui` without starting the server: what it would start is recorded instead."""
+    import genctl.tracking
+
+    started = {}
+
+    def fake_ui(uri, host, port, browse=None):
+        started.update(host=host, port=port, browse=browse)
+        return 0
+
+    monkeypatch.setattr(genctl.tracking, "ui", fake_ui)
+    monkeypatch.setattr(genctl.tracking, "can_open_browser", lambda: True)
+    return started
+
+
+def test_ui_opens_on_the_runs_of_the_newest_runs_experiment(cli, trained, no_server):
+    from genctl.tracking import client
+
+    exp_id = client().get_run(trained).info.experiment_id
+    res = cli("ui", "--port", 5123)
+    assert res.exit_code == 0, res.output
+    url = f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs"
+    assert url in res.output and no_server["browse"] == url
+    assert cli("ui", "--no-browser").exit_code == 0 and no_server["browse"] is None
+
+
+def test_ui_on_an_unknown_experiment_is_bad_input(cli, trained, no_server):
+    _assert_bad_input(cli("ui", "--experiment", "nope"), "no experiment 'nope'", "toy")
+    assert not no_server  # no server started
