@@ -9,7 +9,6 @@ configured by the recipe. Read top to bottom: ``train()`` is the whole story.
 
 from __future__ import annotations
 
-import copy
 import errno
 import math
 import os
@@ -27,6 +26,7 @@ from torch import nn
 
 import genctl
 from genctl import checkpoint, interrupts
+from genctl.ema import BatchNormRefresh, make_ema, update_ema
 from genctl.errors import BadInput, GenctlError, RunFailure
 from genctl.interrupts import Interrupted
 from genctl.recipe import OptimizerConfig, Recipe, TrainConfig, flatten, validate
@@ -111,6 +111,7 @@ def _train(
         _init_from(nets, cfg.init_from)
     dist.broadcast(nets)
     ema = _make_ema(nets, cfg)
+    ema_norms = BatchNormRefresh(ema, nets)  # EMA batch-norm statistics: those of its weights
     if cfg.compile:
         for net in nets.values():
             net.compile()
@@ -183,6 +184,7 @@ def _train(
             raise diverged(", ".join(losses or bad), at)
         if tracker is None:
             return
+        ema_norms.refresh()  # the checkpoint and the final model hold them
         if path == checkpoint.LAST and good is not None and good["step"] == step:
             return  # written at this step already (an interrupt came during that write)
         payload = _state(
@@ -247,6 +249,7 @@ def _train(
                 for name, value in logs.items():
                     _accumulate(sums, counts, name, value)
             _update_ema(ema, nets, cfg, step)
+            ema_norms.updated()
             step += 1
             bar.update(1)
             if skip_nonfinite:
@@ -281,9 +284,11 @@ def _train(
                     raise diverged(", ".join(firsts or bad or ["loss (on another rank)"]), at)
             try:  # an interrupt abandons a grid or an evaluation (they are read-only)
                 if tracker and (step % cfg.sample_every == 0 or step == cfg.steps):
+                    ema_norms.refresh()
                     _log_grid(tracker, sampler, spec, preview, cfg, step, nets)
                 if tracker and recipe.evaluate.every and step % recipe.evaluate.every == 0:
                     # rank 0 alone evaluates; the others wait for it at their next all-reduce
+                    ema_norms.refresh()
                     scores = _evaluate(
                         recipe, spec, {**nets, **ema}, sampler, step, device, tracker
                     )
@@ -313,6 +318,7 @@ def _train(
             _tag_failure(tracker, exc)
         raise
     finally:
+        ema_norms.close()
         bar.close()
         if tracker:
             tracker.finish(status)
@@ -423,24 +429,15 @@ def _make_ema(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, nn.Modu
             f"train.ema.networks names {unknown}, which this model does not have",
             f"Networks of this model: {', '.join(nets)}.",
         )
-    return {
-        f"{n}_ema": copy.deepcopy(nets[n]).eval().requires_grad_(False) for n in cfg.ema.networks
-    }
+    return make_ema(nets, cfg.ema.networks)
 
 
-@torch.no_grad()
 def _update_ema(
     ema: dict[str, nn.Module], nets: dict[str, nn.Module], cfg: TrainConfig, step: int
 ) -> None:
-    decay = cfg.ema.decay if step >= cfg.ema.start else 0.0
-    for name, avg in ema.items():
-        src = nets[name[: -len("_ema")]]
-        # one fused kernel per network: avg += (1 - decay) * (src - avg)
-        torch._foreach_lerp_(
-            list(avg.parameters()), [p.detach() for p in src.parameters()], 1.0 - decay
-        )
-        for b_avg, b_src in zip(avg.buffers(), src.buffers(), strict=True):
-            b_avg.copy_(b_src)
+    # weights and batch-norm statistics averaged alike: the live network's statistics do not
+    # fit the averaged weights (see genctl/ema.py)
+    update_ema(ema, nets, cfg.ema.decay if step >= cfg.ema.start else 0.0)
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
