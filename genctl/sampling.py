@@ -195,6 +195,77 @@ def grid_image(images: torch.Tensor, nrow: int):
     return grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+MAX_GRID_PIXELS = 2**26  # a grid larger than 8192 x 8192 is no picture to look at: use a folder
+
+
+def default_batch_size(image_size: int) -> int:
+    """Images per sampler call when ``--batch-size`` is not given: about a million output
+    pixels a batch (256 at 32 and 64 px, 16 at 256 px, 1 at 1024 px), at most 256."""
+    return max(1, min(256, 2**20 // max(1, image_size) ** 2))
+
+
+def check_grid(out: Path, n: int, image_size: int) -> None:
+    """A grid ``out`` of ``n`` images is kept in memory until written: refuse one too large."""
+    if out.suffix.lower() in IMAGE_SUFFIXES and n * image_size**2 > MAX_GRID_PIXELS:
+        raise BadInput(
+            f"a grid of {n} images of {image_size}x{image_size} is too large for one picture "
+            f"({MAX_GRID_PIXELS // image_size**2} at most)",
+            f"Give a folder (--out {out.with_suffix('')}/): it gets one file per image, written "
+            "batch by batch.",
+        )
+
+
+class Progress:
+    """Images done out of ``total``: a bar on a terminal; where the output is a log file, a line
+    after the first batch, then every ``every`` seconds, and at the end."""
+
+    def __init__(self, total: int, desc: str = "sampling", every: float = 5.0, stream=None):
+        import sys
+        import time
+
+        from tqdm import tqdm
+
+        self.total, self.desc, self.every, self.done = total, desc, every, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self._clock = time.monotonic
+        self.start = self._clock()
+        self._last: float | None = None
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.bar = (
+            tqdm(total=total, desc=desc, unit="img", file=self.stream, dynamic_ncols=True)
+            if tty
+            else None
+        )
+
+    def update(self, k: int) -> None:
+        self.done += k
+        if self.bar is not None:
+            self.bar.update(k)
+            return
+        now = self._clock()
+        if self._last is None or now - self._last >= self.every or self.done >= self.total:
+            self._last = now
+            elapsed = max(now - self.start, 1e-9)
+            rate = self.done / elapsed
+            left = (self.total - self.done) / rate if rate > 0 else 0.0
+            print(
+                f"{self.desc}: {self.done}/{self.total} images ({100 * self.done / self.total:.0f}%), "
+                f"{rate:.1f} img/s, {elapsed:.0f} s elapsed, ~{left:.0f} s left",
+                file=self.stream,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def save_images(
     images: torch.Tensor, out: Path, nrow: int | None = None, names: list[str] | None = None
 ) -> list[Path]:

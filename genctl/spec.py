@@ -235,6 +235,43 @@ def draw(
     return sampler.sample(n, options, generator, labels=labels)
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` of ``genctl sample --seed seed``: a hash of the pair, so each
+    image has a generator of its own (the same images whatever the batch size) and draws of
+    neighbouring seeds share no image."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # below 2**63, what manual_seed takes
+
+
+def draw_each(
+    sampler: Any,
+    options: Any,
+    generators: Sequence[torch.Generator],
+    indices: Sequence[int],
+) -> Tensor:
+    """One image per generator: image ``j`` is the first draw of ``generators[j]``, of the class
+    :func:`class_labels` gives index ``indices[j]`` (its image index, or its seed for ``--seeds``).
+
+    The same images however they are batched. A sampler whose ``generator_per_image`` is true
+    takes the list in one call (``sample(n, options, [g_0, ..., g_n-1])``, as diffusers' pipelines
+    take a list of generators) and must give what ``n`` calls of one image each would give; any
+    other sampler is called once per image.
+    """
+    import torch
+
+    labels = class_labels(sampler, options, indices)
+    if getattr(sampler, "generator_per_image", False):
+        gens = list(generators)
+        if labels is None:
+            return sampler.sample(len(gens), options, gens)
+        return sampler.sample(len(gens), options, gens, labels=labels)
+    return torch.cat(
+        [draw(sampler, 1, options, g, first=i) for g, i in zip(generators, indices, strict=True)]
+    )
+
+
 def penalty_gradients(outputs: Tensor, inputs: Tensor, scaler: Any = None) -> Tensor:
     """The gradient of ``outputs.sum()`` with respect to ``inputs``, with a graph, for gradient
     penalties (WGAN-GP, R1). Returned in float32.

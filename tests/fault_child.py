@@ -5,8 +5,9 @@
 It runs the CLI with the toy family installed. At SPOT it creates the file MARKER, so that the
 test knows where the process is, then goes on as a slow sampler or a slow disk would:
 
-- ``sampler``: a toy ``sample`` call for more than 4 images (an evaluation batch, `genctl sample`;
-  not the 4-image training grid) takes two minutes;
+- ``sampler``: a toy ``sample`` call for more than 4 images (an evaluation batch; not the 4-image
+  training grid), or any in `genctl sample` (which draws the toy one image per call), takes two
+  minutes;
 - ``checkpoint-slow``: writing the step-10 checkpoint takes 2 s more;
 - ``checkpoint-hang``: writing the step-10 checkpoint stops half way (for two minutes).
 
@@ -42,7 +43,7 @@ def main() -> None:
         sample = toy.ToySampler.sample
 
         def slow_sample(self, n, options, generator, inputs=None):
-            if n > 4:
+            if n > 4 or args[0] == "sample":
                 marker.touch()
                 _wait(120)
             return sample(self, n, options, generator, inputs)

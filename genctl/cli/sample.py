@@ -66,6 +66,15 @@ def sample_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Images per batch, each written as it completes (default: by image size, "
+            "256 at 32-64 px, 16 at 256 px). The images do not depend on it.",
+        ),
+    ] = None,
 ) -> None:
     """Sample images from a trained model.
 
@@ -76,11 +85,24 @@ def sample_command(
 
     A class-conditional model draws class i % num_classes for image i (for --seeds, the
     seed's class: seed % num_classes), or every image of class N with class=N.
+
+    Images are drawn and written in batches, with progress on stderr; image i of --seed S has
+    a generator of its own, so the batch size never changes the images.
     """
     import torch
 
-    from genctl.sampling import find_checkpoint, load_model, parse_options, read_inputs, save_images
-    from genctl.spec import draw
+    from genctl.sampling import (
+        IMAGE_SUFFIXES,
+        Progress,
+        check_grid,
+        default_batch_size,
+        find_checkpoint,
+        load_model,
+        parse_options,
+        read_inputs,
+        save_images,
+    )
+    from genctl.spec import draw, draw_each, image_seed
     from genctl.trainer import _pick_device
 
     if sum(x is not None for x in (plugin, run, checkpoint)) != 1:
@@ -109,28 +131,63 @@ def sample_command(
             "--seeds draws one image per seed, but these sampler options make a grid of their own",
             f"Give its seeds as sampler options instead: {', '.join(seed_options) or 'see genctl plugins list'}.",
         )
-    with torch.no_grad():
-        if inputs is not None:
-            images = model.sampler.sample(
-                len(inputs), opts, torch.Generator().manual_seed(seed), inputs=inputs
-            )
-        elif seeds is not None:  # image of seed s: the first draw of seed s, of class s % K
-            images = torch.cat(
-                [
-                    draw(model.sampler, 1, opts, torch.Generator().manual_seed(s), first=s)
-                    for s in parse_seeds(seeds)
-                ]
-            )
-            names = [f"seed{s:04d}" for s in parse_seeds(seeds)]
-        else:
+    batch = batch_size or default_batch_size(model.info.image_size)
+    grid = out.suffix.lower() in IMAGE_SUFFIXES
+    if grid_nrow is not None:  # the sampler lays out a grid of its own: one call, as it asks
+        with torch.no_grad():
             images = draw(model.sampler, n, opts, torch.Generator().manual_seed(seed))
-    nrow = (
-        model.sampler.nrow(opts)
-        if hasattr(model.sampler, "nrow")
-        else int(math.ceil(math.sqrt(len(images))))
-    )
-    paths = save_images(images, out, nrow=nrow, names=names)
-    where = paths[0] if len(paths) == 1 else out
+        paths = save_images(images, out, nrow=grid_nrow)
+        typer.echo(
+            f"{len(images)} images from {model.spec.name} (step {model.step}, {model.source}) "
+            f"-> {paths[0] if len(paths) == 1 else out}"
+        )
+        return
+
+    if inputs is not None:  # one generator over the inputs, in order
+        generator = torch.Generator().manual_seed(seed)
+        total = len(inputs)
+
+        def images_of(start: int, stop: int):
+            return model.sampler.sample(stop - start, opts, generator, inputs=inputs[start:stop])
+
+    else:  # image j: the first draw of its own generator, so batches never change it
+        if seeds is not None:
+            seed_list = parse_seeds(seeds)
+            indices, image_seeds = seed_list, seed_list
+            names = [f"seed{s:04d}" for s in seed_list]
+        else:
+            indices = range(n)
+            image_seeds = None
+            width = max(5, len(str(n - 1)))
+            names = [f"{i:0{width}d}" for i in range(n)]
+        total = len(indices)
+
+        def images_of(start: int, stop: int):
+            gens = [
+                torch.Generator().manual_seed(
+                    image_seeds[j] if image_seeds is not None else image_seed(seed, j)
+                )
+                for j in range(start, stop)
+            ]
+            return draw_each(model.sampler, opts, gens, indices[start:stop])
+
+    check_grid(out, total, model.info.image_size)
+    kept = []  # a grid's images, until the grid is written
+    written = []
+    with Progress(total, f"sampling {model.spec.name}") as progress, torch.no_grad():
+        for start in range(0, total, batch):
+            stop = min(start + batch, total)
+            images = images_of(start, stop).float().clamp(0, 1).cpu()
+            if grid:
+                kept.append(images)
+            else:
+                written += save_images(images, out, names=names[start:stop] if names else None)
+            progress.update(stop - start)
+    if grid:
+        images = torch.cat(kept)
+        nrow = int(math.ceil(math.sqrt(len(images))))
+        written = save_images(images, out, nrow=nrow)
+    where = written[0] if len(written) == 1 else out
     typer.echo(
-        f"{len(images)} images from {model.spec.name} (step {model.step}, {model.source}) -> {where}"
+        f"{total} images from {model.spec.name} (step {model.step}, {model.source}) -> {where}"
     )

@@ -28,8 +28,13 @@ class DCGANSamplerOptions(Schema):
     )
 
 
-def draw_noise(n: int, dim: int, generator: torch.Generator, truncation: float | None) -> Tensor:
-    """Standard normal noise, truncated by inverting the CDF (one draw, no rejection loop)."""
+def draw_noise(
+    n: int, dim: int, generator: torch.Generator | list[torch.Generator], truncation: float | None
+) -> Tensor:
+    """Standard normal noise, truncated by inverting the CDF (one draw, no rejection loop).
+    A list of ``n`` generators: row i is the first draw of generator i."""
+    if isinstance(generator, list):
+        return torch.cat([draw_noise(1, dim, g, truncation) for g in generator])
     if truncation is None:
         return torch.randn(n, dim, generator=generator)
     low = torch.special.ndtr(torch.tensor(-truncation, dtype=torch.float64))
@@ -41,6 +46,7 @@ class DCGANSampler:
     """Noise (and labels) through the generator in eval mode (batch norm on running stats)."""
 
     chunk = 256  # images per forward pass, to bound memory for large n
+    generator_per_image = True  # sample() takes a list of n generators, one per image
 
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.config = config
