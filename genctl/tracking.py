@@ -336,6 +336,38 @@ class Tracker:
             self._records.extend(("tag", k, str(v)) for k, v in tags.items())
             self._lock.notify_all()
 
+    def log_source(self, recipe: str | None, folder: Path | None = None) -> None:
+        """Queue the run's source tags, which the MLflow UI shows as Source and User: the recipe,
+        and the git commit of ``folder`` (the working folder) when it is a git checkout."""
+        import getpass
+
+        tags = {"mlflow.source.type": "LOCAL"}
+        if recipe:
+            tags["mlflow.source.name"] = str(recipe)
+        commit = git_commit(folder or Path.cwd())
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        with contextlib.suppress(Exception):  # no user name (a container without passwd entry)
+            tags["mlflow.user"] = getpass.getuser()
+        self.set_tags(tags)
+
+    def log_data(self, config, dataset, context: str = "training") -> None:
+        """Record the data as the run's MLflow dataset input (the UI's Dataset column): its name,
+        where it is read from, and the fingerprint of the decoded images as its digest.
+
+        ``config`` is the recipe's ``data:`` section, ``dataset`` what was loaded from it. Once at
+        the start of a run; a store that refuses it is warned about, never fatal.
+        """
+        try:
+            entity = _dataset_entity(config, dataset)
+            from mlflow.entities import DatasetInput, InputTag
+            from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+            tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+            self._client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags)])
+        except Exception as exc:
+            _warn("the tracking store did not take the run's dataset input", exc)
+
     # ------------------------------------------------------------ metrics (batched, async)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -626,6 +658,65 @@ class Tracker:
                         f"tracking store {self.uri} failed: {_error_line(exc)}"
                     ) from exc
                 time.sleep(min(MAX_BACKOFF, 0.1 * 2 ** min(tries, 6)))
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in ``folder``, or None (not a git checkout, no git, git slow)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def _dataset_entity(config, dataset):
+    """An MLflow dataset for the recipe's data: named after its folder (or its kind when it is
+    generated or a standard set), sourced from that folder, the fingerprint of its decoded
+    images as digest, and its size and image shape as profile."""
+    import json
+    import warnings
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset as DatasetEntity
+
+    kind, root = config.kind, config.root
+    if root:
+        where = Path(root).expanduser().resolve()
+        with warnings.catch_warnings():  # MLflow registers its local source twice and says so
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(where))
+        name = kind if kind in ("mnist", "cifar10") else where.name
+    else:
+        source = CodeDatasetSource({"genctl.data.kind": kind})
+        name = kind
+    info = dataset.info
+    profile = {
+        "split": config.split,
+        "images": info.size,
+        "image_size": info.image_size,
+        "channels": info.channels,
+        "classes": info.num_classes,
+        "task": info.task,
+    }
+    meta = MetaDataset(source, name=name, digest=dataset.fingerprint or None).to_dict()
+    return DatasetEntity(
+        name=meta["name"],
+        digest=meta["digest"],
+        source_type=meta["source_type"],
+        source=meta["source"],
+        profile=json.dumps(profile),
+    )
 
 
 def _stamp(path: Path | None) -> tuple | None:

@@ -143,7 +143,7 @@ def _train(
 
     # From here on, an interrupt lets the step in progress finish and the run saves a checkpoint.
     signals.end_abandonable()
-    tracker = _start_tracking(recipe, spec, run_id) if dist.rank == 0 else None
+    tracker = _start_tracking(recipe, spec, run_id, dataset) if dist.rank == 0 else None
     run_id = tracker.run_id if tracker else run_id
     preview = _preview_batch(dataset, cfg.grid_size, device, sampler)
     best = ckpt.get("best") if ckpt else None
@@ -634,7 +634,7 @@ def _tag_failure(tracker, exc: Exception) -> None:
         pass
 
 
-def _start_tracking(recipe: Recipe, spec, run_id: str | None):
+def _start_tracking(recipe: Recipe, spec, run_id: str | None, dataset=None):
     from genctl.tracking import PLUGIN_TAG, Tracker
 
     t = recipe.tracking
@@ -656,6 +656,9 @@ def _start_tracking(recipe: Recipe, spec, run_id: str | None):
             "genctl.task": spec.task,
         }
     )
+    tracker.log_source(recipe.path)  # the UI's Source and User columns
+    if dataset is not None:  # its Dataset column
+        tracker.log_data(recipe.data, dataset)
     tracker.write_artifact("recipe.yaml", lambda p: Path(p).write_text(recipe.to_yaml()))
     return tracker
 

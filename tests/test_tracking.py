@@ -52,6 +52,38 @@ def test_experiments_are_model_training_so_the_ui_opens_on_their_runs(workdir):
     assert c.get_experiment(mine).tags["mlflow.experimentKind"] == "genai_development"
 
 
+def test_the_source_is_the_recipe_and_the_commit_of_a_git_working_folder(workdir):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], cwd=workdir, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=workdir, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tracker = Tracker(experiment="e", run_name="r")
+    tracker.log_source("recipes/toy.yaml")
+    tracker.finish()
+    tags = client().get_run(tracker.run_id).data.tags
+    assert tags["mlflow.source.name"] == "recipes/toy.yaml"
+    assert tags["mlflow.source.git.commit"] == head
+
+
+def test_a_store_that_refuses_the_dataset_input_does_not_fail_the_run(workdir, capsys):
+    from genctl.data import load_dataset
+    from genctl.data.config import DataConfig
+
+    config = DataConfig(kind="shapes", image_size=8, size=16)
+    tracker = Tracker(experiment="e", run_name="r")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("store went away")
+
+    tracker._client.log_inputs = refuse
+    tracker.log_data(config, load_dataset(config))
+    tracker.finish()
+    assert "did not take the run's dataset input" in capsys.readouterr().err
+    assert get_run(tracker.run_id).status == "FINISHED"
+
+
 def test_metrics_survive_a_store_that_fails_for_a_while(workdir):
     tracker = Tracker(experiment="e", run_name="r")
     real = tracker._client.log_batch

@@ -392,3 +392,22 @@ def test_ui_opens_on_the_runs_of_the_newest_runs_experiment(cli, trained, no_ser
 def test_ui_on_an_unknown_experiment_is_bad_input(cli, trained, no_server):
     _assert_bad_input(cli("ui", "--experiment", "nope"), "no experiment 'nope'", "toy")
     assert not no_server  # no server started
+
+
+# ---------------------------------------------------------------- the record of a run
+
+
+def test_a_run_records_its_recipe_as_source_and_its_data_as_dataset_input(cli, trained, workdir):
+    from genctl.data import load_dataset
+    from genctl.recipe import load
+    from genctl.tracking import client
+
+    run = client().get_run(trained)
+    assert run.data.tags["mlflow.source.name"] == str(workdir / "toy.yaml")
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert "mlflow.source.git.commit" not in run.data.tags  # the working folder is no checkout
+    (data,) = run.inputs.dataset_inputs
+    expected = load_dataset(load(workdir / "toy.yaml").data).fingerprint
+    assert (data.dataset.name, data.dataset.digest) == ("shapes", expected)
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
+    assert '"images": 64' in data.dataset.profile
