@@ -76,6 +76,9 @@ class TrainConfig(Schema):
     checkpoint_every: int = Field(1000, gt=0)
     grid_size: int = Field(64, gt=0)
     compile: bool = False  # torch.compile the networks
+    # CPU threads; default: OMP_NUM_THREADS if set (torchrun sets it), else the cores divided by
+    # the genctl trainings (or torchrun ranks) on this machine (genctl/threads.py)
+    threads: int | None = Field(None, gt=0)
     init_from: str | None = None  # RUN_ID or checkpoint path: start from these weights
 
 

@@ -66,7 +66,10 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
     second one stops it at once without saving (see :mod:`genctl.interrupts`). A NaN or infinite
     loss stops it with :class:`Diverged` before any checkpoint holds non-finite weights.
     """
-    with interrupts.handled(abandon=True) as signals:  # an interrupt abandons the setup
+    from genctl.threads import training_threads
+
+    # an interrupt abandons the setup; the cores are shared with the other trainings running
+    with interrupts.handled(abandon=True) as signals, training_threads(recipe.train.threads):
         return _train(recipe, resume, progress, signals)
 
 
