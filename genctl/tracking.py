@@ -782,13 +782,37 @@ def get_run(run_id: str, uri: str | None = None) -> RunInfo:
     return _info(run, {exp.experiment_id: exp.name})
 
 
+def sort_key(sort: str) -> tuple[str, str]:
+    """``eval/fid`` (lowest first), ``eval/accuracy desc`` or ``-eval/accuracy`` (highest first),
+    or MLflow's own ``params.x``, ``attributes.start_time``: (MLflow order_by, the metric shown)."""
+    key, _, direction = sort.strip().partition(" ")
+    direction = direction.strip().upper() or "ASC"
+    if key.startswith("-"):
+        key, direction = key[1:], "DESC"
+    if not key or direction not in ("ASC", "DESC"):
+        raise BadInput(
+            f"--sort {sort!r} is not a metric and an optional direction",
+            "Use e.g. --sort eval/fid (lowest first) or --sort 'eval/accuracy desc'.",
+        )
+    if key.split(".", 1)[0] in ("metrics", "params", "tags", "attributes", "attribute"):
+        return f"{key} {direction}", ""
+    return f"metrics.`{key}` {direction}", key
+
+
 def search_runs(
     plugin: str | None = None,
     status: str | None = None,
     limit: int = 20,
     uri: str | None = None,
+    where: str | None = None,
+    sort: str | None = None,
 ) -> list[RunInfo]:
-    """Recent genctl runs, newest first, optionally of one plugin and status."""
+    """Recent genctl runs, newest first, optionally of one plugin and status.
+
+    ``where`` is a filter in MLflow's search syntax (``metrics.`eval/fid` < 40 and
+    params.`train.steps` = '1000'``), ``sort`` a metric to order by (see :func:`sort_key`); a
+    filter or order MLflow cannot read is bad input.
+    """
     c = client(uri)
     exps = {e.experiment_id: e.name for e in c.search_experiments()}
     if not exps:
@@ -796,12 +820,25 @@ def search_runs(
     filters = [f"tags.`{PLUGIN_TAG}` = '{plugin}'" if plugin else f"tags.`{PLUGIN_TAG}` != ''"]
     if status:
         filters.append(f"attributes.status = '{status}'")
-    runs = c.search_runs(
-        list(exps),
-        filter_string=" and ".join(filters),
-        order_by=["attributes.start_time DESC"],
-        max_results=limit,
-    )
+    if where and where.strip():
+        filters.append(where.strip())
+    order = [sort_key(sort)[0]] if sort else []
+    try:
+        runs = c.search_runs(
+            list(exps),
+            filter_string=" and ".join(filters),
+            order_by=[*order, "attributes.start_time DESC"],
+            max_results=limit,
+        )
+    except Exception as exc:
+        if getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
+            raise
+        what = f"--where {where!r}" if where else f"--sort {sort!r}"
+        raise BadInput(
+            f"{what} is not a search MLflow can run: {str(exc).splitlines()[0][:200]}",
+            "Write it in MLflow's search syntax, names with a slash in backticks, strings "
+            "quoted: metrics.`eval/fid` < 40 and params.`model.latent` = '64'.",
+        ) from None
     return [_info(r, exps) for r in runs]
 
 

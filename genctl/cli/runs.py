@@ -15,19 +15,33 @@ SHOWN_METRICS = ("eval/fid", "eval/kid_mean", "train/loss_g", "train/loss_d")
 def list_command(
     plugin: str = typer.Option(None, "--plugin", "-p", help="Only runs of this family."),
     limit: int = typer.Option(20, "--limit", "-n", help="How many runs."),
+    sort: str = typer.Option(
+        None,
+        "--sort",
+        help="Order by a metric, lowest first: eval/fid; highest first: 'eval/accuracy desc'.",
+    ),
+    where: str = typer.Option(
+        None,
+        "--where",
+        help='Only runs matching this MLflow search filter, e.g. "metrics.`eval/fid` < 40".',
+    ),
 ) -> None:
-    """Recent runs, newest first: id, name, plugin, status, step, and key metrics."""
-    from genctl.tracking import resolve_uri, search_runs
+    """Recent runs, newest first (or by --sort): id, name, plugin, status, and key metrics."""
+    from genctl.tracking import resolve_uri, search_runs, sort_key
 
-    runs = search_runs(plugin=plugin, limit=limit)
+    runs = search_runs(plugin=plugin, limit=limit, where=where, sort=sort)
     if not runs:
-        typer.echo(f"no runs in {resolve_uri()}")
+        typer.echo(f"no runs in {resolve_uri()}" + (" match --where" if where else ""))
         return
+    sorted_by = sort_key(sort)[1] if sort else ""
+    shown = (sorted_by,) if sorted_by and sorted_by not in SHOWN_METRICS else ()
     typer.echo(f"{'RUN ID':34}{'NAME':26}{'PLUGIN':12}{'STATUS':10}{'STARTED':18}METRICS")
     for r in runs:
         started = _dt.datetime.fromtimestamp(r.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         metrics = "  ".join(
-            f"{k.split('/')[-1]}={r.metrics[k]:.4g}" for k in SHOWN_METRICS if k in r.metrics
+            f"{k.split('/')[-1]}={r.metrics[k]:.4g}"
+            for k in (*shown, *SHOWN_METRICS)
+            if k in r.metrics
         )
         if r.tags.get("eval.protocol"):  # equal ids: eval/ numbers made the same way
             metrics += f"  [eval protocol {r.tags['eval.protocol']}]"

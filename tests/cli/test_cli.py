@@ -411,3 +411,41 @@ def test_a_run_records_its_recipe_as_source_and_its_data_as_dataset_input(cli, t
     assert (data.dataset.name, data.dataset.digest) == ("shapes", expected)
     assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
     assert '"images": 64' in data.dataset.profile
+
+
+# ---------------------------------------------------------------- runs list --sort / --where
+
+
+@pytest.fixture
+def scored(workdir):
+    """Three finished runs with an eval/fid each: name -> run id."""
+    from genctl.tracking import PLUGIN_TAG, Tracker
+
+    ids = {}
+    for name, fid in (("thirty", 30.0), ("ten", 10.0), ("twenty", 20.0)):
+        tracker = Tracker(experiment="toy", run_name=name)
+        tracker.set_tags({PLUGIN_TAG: "toy"})
+        tracker.log_metrics({"eval/fid": fid}, 100)
+        tracker.finish()
+        ids[name] = tracker.run_id
+    return ids
+
+
+def _listed(res) -> list[str]:
+    assert res.exit_code == 0, res.output
+    return [line.split()[1] for line in res.output.splitlines()[1:] if line.strip()]
+
+
+def test_runs_list_sorts_by_a_metric(cli, scored):
+    assert _listed(cli("runs", "list", "--sort", "eval/fid")) == ["ten", "twenty", "thirty"]
+    assert _listed(cli("runs", "list", "--sort", "eval/fid desc")) == ["thirty", "twenty", "ten"]
+
+
+def test_runs_list_filters_in_mlflow_search_syntax(cli, scored):
+    res = cli("runs", "list", "--where", "metrics.`eval/fid` < 25", "--sort", "eval/fid")
+    assert _listed(res) == ["ten", "twenty"]
+
+
+def test_runs_list_with_a_filter_mlflow_cannot_read_is_bad_input(cli, scored):
+    _assert_bad_input(cli("runs", "list", "--where", "fid <"), "--where 'fid <'", "search syntax")
+    _assert_bad_input(cli("runs", "list", "--sort", "eval/fid sideways"), "--sort")
