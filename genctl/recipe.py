@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 from genctl.data.config import DataConfig
 from genctl.errors import BadInput
@@ -79,6 +79,21 @@ class TrainConfig(Schema):
     # CPU threads; default: OMP_NUM_THREADS if set (torchrun sets it), else the cores divided by
     # the genctl trainings (or torchrun ranks) on this machine (genctl/threads.py)
     threads: int | None = Field(None, gt=0)
+    # older checkpoints kept beside last.pt as checkpoints/step-000123.pt: the newest
+    # keep_checkpoints of them, and those at multiples of keep_every for good
+    keep_checkpoints: int = Field(0, ge=0)
+    keep_every: int | None = Field(None, gt=0)
+
+    @field_validator("keep_every")
+    @classmethod
+    def _keep_every_hits_checkpoints(cls, value: int | None, info: ValidationInfo) -> int | None:
+        every = info.data.get("checkpoint_every")
+        if value is not None and every and value % every:
+            raise ValueError(
+                f"not a multiple of checkpoint_every={every}, so no checkpoint falls on it"
+            )
+        return value
+
     init_from: str | None = None  # RUN_ID or checkpoint path: start from these weights
 
 

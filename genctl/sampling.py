@@ -32,26 +32,58 @@ class LoadedModel:
 
 
 def find_checkpoint(
-    *, run: str | None = None, path: str | None = None, plugin: str | None = None
+    *,
+    run: str | None = None,
+    path: str | None = None,
+    plugin: str | None = None,
+    step: int | None = None,
 ) -> Path:
-    """The checkpoint to sample from: a file, a run's final model, or the newest finished run of a plugin."""
+    """The checkpoint to sample from: a file, a run's final model, or the newest finished run of
+    a plugin; with ``step``, the run's checkpoint of that step (train.keep_checkpoints)."""
     from genctl.trainer import resolve_checkpoint
 
     if path:
+        if step is not None:
+            raise BadInput(
+                "--step picks one of a run's kept checkpoints: give --run RUN_ID, not --checkpoint",
+                "A checkpoint file is one step already.",
+            )
         return resolve_checkpoint(path)
-    if run:
-        return resolve_checkpoint(run, (checkpoint.FINAL, checkpoint.LAST))
-    from genctl.plugins import get_spec
-    from genctl.tracking import resolve_uri, search_runs
+    if not run:
+        from genctl.plugins import get_spec
+        from genctl.tracking import resolve_uri, search_runs
 
-    get_spec(plugin)  # unknown plugin: bad input listing the installed ones
-    runs = search_runs(plugin=plugin, status="FINISHED", limit=1)
-    if not runs:
-        raise BadInput(
-            f"no finished {plugin} run in the tracking store {resolve_uri()}",
-            f"Train one first (genctl train recipes/{plugin}.yaml), or pass --run / --checkpoint.",
-        )
-    return resolve_checkpoint(runs[0].run_id, (checkpoint.FINAL, checkpoint.LAST))
+        get_spec(plugin)  # unknown plugin: bad input listing the installed ones
+        runs = search_runs(plugin=plugin, status="FINISHED", limit=1)
+        if not runs:
+            raise BadInput(
+                f"no finished {plugin} run in the tracking store {resolve_uri()}",
+                f"Train one first (genctl train recipes/{plugin}.yaml), or pass --run / --checkpoint.",
+            )
+        run = runs[0].run_id
+    if step is not None:
+        return step_checkpoint_of(run, step)
+    return resolve_checkpoint(run, (checkpoint.FINAL, checkpoint.LAST))
+
+
+def step_checkpoint_of(run_id: str, step: int) -> Path:
+    """The checkpoint of ``step`` that run ``run_id`` kept; bad input naming the kept steps if none."""
+    from genctl.tracking import download, get_run, local_path
+    from genctl.trainer import step_checkpoint
+
+    run = get_run(run_id)
+    found = download(run, step_checkpoint(step))
+    if found is not None:
+        return found
+    local = local_path(run.artifact_uri)
+    names = (local / "checkpoints").glob("step-*.pt") if local is not None else ()
+    kept = sorted(int(p.stem[5:]) for p in names if p.stem[5:].isdigit())
+    raise BadInput(
+        f"run {run_id} kept no checkpoint of step {step}"
+        + (f"; it kept steps {', '.join(map(str, kept))}" if kept else ""),
+        "Training keeps older checkpoints with train.keep_checkpoints: N (the newest N) and "
+        "train.keep_every: K (every K steps); without --step, genctl samples the final model.",
+    )
 
 
 def load_model(path: Path, device: torch.device) -> LoadedModel:

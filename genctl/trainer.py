@@ -211,6 +211,7 @@ def _train(
             local = tracker.artifact_dir()
             where = str(local / path) if local else f"{path} of run {run_id}"
             good = {"step": step, "where": where}
+            _retain(tracker, cfg, payload, step)
 
     sums: dict[str, torch.Tensor] = {}  # logged values accumulate on the device between reads
     counts: dict[str, int] = {}
@@ -617,6 +618,37 @@ def _write_checkpoint(tracker, artifact: str, payload, step: int, previous: int 
             f"Free at least {_size(need)} there (or set tracking.uri to a store with room), "
             f"then continue: genctl train --resume {tracker.run_id}",
         ) from None
+
+
+def step_checkpoint(step: int) -> str:
+    """The artifact path of the checkpoint of ``step`` kept by train.keep_checkpoints/keep_every."""
+    return f"checkpoints/step-{step:06d}.pt"
+
+
+def _retain(tracker, cfg: TrainConfig, payload, step: int) -> None:
+    """Keep the checkpoint of ``step`` beside last.pt (``checkpoints/step-000123.pt``) when
+    ``train.keep_checkpoints`` or ``train.keep_every`` asks, then delete the step checkpoints
+    neither keeps: the newest ``keep_checkpoints`` stay, and those at multiples of ``keep_every``.
+    A remote store cannot delete artifacts, so there only keep_every's are sent."""
+    every = cfg.keep_every
+    forever = every is not None and step % every == 0
+    local = tracker.artifact_dir()
+    if not forever and (not cfg.keep_checkpoints or local is None):
+        return
+    _write_checkpoint(tracker, step_checkpoint(step), payload, step, None)
+    if local is None:
+        return
+    steps = []
+    for path in (Path(local) / "checkpoints").glob("step-*.pt"):
+        try:
+            steps.append((int(path.stem.split("-", 1)[1]), path))
+        except ValueError:
+            continue
+    steps.sort()
+    newest = {s for s, _ in steps[-cfg.keep_checkpoints :]} if cfg.keep_checkpoints else set()
+    for s, path in steps:
+        if s not in newest and not (every is not None and s % every == 0):
+            path.unlink(missing_ok=True)
 
 
 def _size(n: int) -> str:

@@ -49,6 +49,14 @@ def sample_command(
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="Checkpoint file to sample from.")
     ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(
+            "--step",
+            min=0,
+            help="The run's checkpoint of this step (kept by train.keep_checkpoints/keep_every).",
+        ),
+    ] = None,
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 16,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed: the same seed gives the same images.")
@@ -114,7 +122,7 @@ def sample_command(
 
         parse_options(get_spec(plugin), list(options or []))  # fail fast, before loading anything
     dev = _pick_device(device)
-    model = load_model(find_checkpoint(run=run, path=checkpoint, plugin=plugin), dev)
+    model = load_model(find_checkpoint(run=run, path=checkpoint, plugin=plugin, step=step), dev)
     opts = parse_options(model.spec, list(options or []))
     inputs, names = (None, None)
     if input is not None:
