@@ -194,6 +194,19 @@ def test_a_model_trained_with_a_domain_feature_extractor_logs_domain_fid_and_its
     assert run.metrics["eval/fid_domain"] > 0 and "eval/kid_domain_mean" in run.metrics
     assert run.tags["eval.domain_extractor"].startswith("classifier ")  # the toy is 8 px: resized
     assert run.tags["eval.domain_input"] == f"3x{SIZE}x{SIZE}"
+
+    # genctl evaluate: --feature-extractor over the recipe's, the protocol printed and logged
+    from typer.testing import CliRunner
+
+    from genctl.cli import app
+
+    args = ["evaluate", "--run", result.run_id, "--metrics", "fid_domain", "--no-progress"]
+    res = CliRunner().invoke(app, [*args, "--feature-extractor", str(trained.path)])
+    assert res.exit_code == 0, res.output
+    assert "eval/fid_domain" in res.output and "domain protocol " in res.output
+    assert "features (512) of classifier run " in res.output
+    logged = get_run(result.run_id)
+    assert logged.tags["eval.domain_protocol"] in res.output
     # a model that is not a classifier cannot serve as one
     with pytest.raises(BadInput, match="not a classifier"):
         from genctl.classifiers import load_classifier
