@@ -435,3 +435,23 @@ def test_likelihood_protocol_says_what_each_decoder_s_number_means():
     mse = make(recon="mse", decoder_std=0.1)[3].nll_protocol()
     assert "std 0.1" in mse["data"] and "D ln 256" in mse["dequantization"]
     assert bce["estimator"].startswith("negative ELBO")
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("vae-mnist.yaml", (16, 1, 1)),  # prior samples are digits: FID 29.5 (README)
+        ("vae-mnist-spatial.yaml", (4, 7, 7)),  # strokes (FID 106.6): for latent models
+    ],
+)
+def test_the_mnist_vae_samples_from_a_vector_latent_and_the_spatial_one_stays(name, shape):
+    from genctl.recipe import load, recipes_dir
+
+    recipe = load(recipes_dir() / name)
+    info = DataInfo("unconditional", channels=1, image_size=28, num_classes=10)
+    nets = recipe.spec.build(recipe.model, info)
+    sampler = recipe.spec.sampler(recipe.model, nets, info)
+    assert sampler.latents(2, torch.Generator().manual_seed(0)).shape == (2, *shape)
