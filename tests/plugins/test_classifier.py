@@ -241,3 +241,19 @@ def test_diffusion_guidance_takes_a_classifier_run_and_raises_its_class_probabil
         assert log_prob(guided, 2) > log_prob(plain, 2) + 0.1
     with pytest.raises(BadInput, match="out of range"):
         draw(sampler, steps=2, guide="classifier", classifier=trained.run_id, target_class=3)
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "best_step"),
+    [("accuracy", [0.5, 0.9, 0.7], 2), ("fid_domain", [30.0, 10.0, 20.0], 2)],
+)
+def test_the_best_checkpoint_is_the_highest_accuracy_and_the_lowest_domain_fid(
+    metric, values, best_step
+):
+    from genctl.trainer import _keep_best
+
+    recipe = SimpleNamespace(evaluate=SimpleNamespace(best=metric))
+    saved, best = [], None
+    for step, value in enumerate(values, start=1):
+        best = _keep_best(recipe, {metric: value}, best, step, saved.append)
+    assert best["step"] == best_step and len(saved) == 2  # the first value, then the better one
