@@ -67,6 +67,9 @@ class TrainConfig(Schema):
     seed: int = 0
     ema: EMAConfig = EMAConfig()
     grad_clip: float | None = Field(None, gt=0)
+    # gradient accumulation: each update from this many batches of batch_size (the update of a
+    # accumulate x batch_size batch; exact for networks without batch norm)
+    accumulate: int = Field(1, gt=0)
     # a NaN/inf loss: stop the run (before any checkpoint holds it), or skip: drop that update
     # (a host sync per update) and stop after nonfinite_limit such steps in a row
     nonfinite: Literal["stop", "skip"] = "stop"
@@ -111,11 +114,15 @@ class EvaluateConfig(Schema):
             "accuracy",
             "fid_domain",
             "kid_domain",
+            "auroc",
         ]
     ] = ["fid", "kid"]
     num_samples: int = Field(10000, gt=0)  # generated images per evaluation
     num_real: int | None = Field(None, gt=0)  # real images compared with (default: num_samples)
     nll_images: int | None = Field(None, gt=0)  # test images `nll` scores (default: all of them)
+    # `auroc`: the test split's images of these class indices are the anomalies, the rest normal
+    # (train without them: data.exclude_classes); AUROC/AUPRC of each anomaly score of the model
+    anomaly_classes: list[int] = Field([], max_length=1000)
     batch_size: int = Field(64, gt=0)
     best: str | None = None  # keep the best checkpoint by this metric
     feature_extractor_weights: str | None = None  # local Inception weights (offline)

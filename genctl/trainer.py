@@ -223,16 +223,17 @@ def _train(
             _set_lr(optimizers, lr_factor(cfg, step))
             dropped: list[str] = []  # groups whose update was non-finite (nonfinite=skip)
             for group in objective.schedule(step):
-                batch = loader.next()
                 params = group_params[group]
                 # Only this group's parameters need gradients: the others' backward is skipped
                 # (gradients still flow through the discriminator to the generator).
                 _trainable_only(group, group_params)
-                with autocast:
-                    loss, logs = objective.loss(group, batch, step)
                 for p in params:
                     p.grad = None
-                scaler.scale(loss).backward()
+                # train.accumulate K: K batches, each loss divided by K, then one update: the
+                # gradient of a K-times larger batch, as losses are means over their batch.
+                loss, logs = _backward_accumulated(
+                    objective, group, loader, step, cfg.accumulate, autocast, scaler
+                )
                 dist.all_reduce_grads(params)
                 if cfg.grad_clip:
                     scaler.unscale_(optimizers[group])
@@ -241,7 +242,7 @@ def _train(
                 if finite or scaler.is_enabled():  # fp16: the scaler drops overflowed steps itself
                     scaler.step(optimizers[group])
                     scaler.update()
-                images_seen += cfg.batch_size * dist.world
+                images_seen += cfg.batch_size * cfg.accumulate * dist.world
                 if not finite:
                     dropped.append(group)
                     continue
@@ -331,6 +332,27 @@ def _train(
 
 
 # ---------------------------------------------------------------- setup helpers
+
+
+def _backward_accumulated(objective, group: str, loader, step: int, k: int, autocast, scaler):
+    """Backward through ``k`` batches of ``group``'s loss, each scaled by 1/k (gradients add up
+    in ``.grad``); returns the mean loss and the mean of each logged value."""
+    if k == 1:
+        with autocast:
+            loss, logs = objective.loss(group, loader.next(), step)
+        scaler.scale(loss).backward()
+        return loss, logs
+    total, sums = None, {}
+    for _ in range(k):
+        with autocast:
+            loss, logs = objective.loss(group, loader.next(), step)
+        scaler.scale(loss / k).backward()
+        part = loss.detach().float() / k
+        total = part if total is None else total + part
+        for name, value in logs.items():
+            value = torch.as_tensor(value).detach().float() / k
+            sums[name] = value if name not in sums else sums[name] + value
+    return total, sums
 
 
 def _check_task(recipe: Recipe, info: DataInfo) -> None:
