@@ -405,6 +405,8 @@ def check_sampler(c: Contract) -> None:
             )
         if not c.spec.takes_input and torch.equal(first, _sample(c, sampler, seed=1)):
             raise ContractError(f"{c.name}: sample() gave the same images for seeds 0 and 1")
+        if getattr(sampler, "generator_per_image", False) and not c.spec.takes_input:
+            _check_generator_per_image(c, sampler)
 
         if hasattr(sampler, "preview"):
             images, nrow = sampler.preview(c.preview_batch(4), torch.Generator().manual_seed(0))
@@ -665,6 +667,25 @@ def _load_into(
                 f"{c.name}: the saved weights of {key!r} do not load into a newly built one: {exc}"
             ) from None
     return nets
+
+
+def _check_generator_per_image(c: Contract, sampler: Any) -> None:
+    """A list of generators in one call gives what one call per generator gives (genctl sample
+    relies on it for images that do not depend on the batch size)."""
+    from genctl.spec import draw, draw_each, image_seed
+
+    options = c.spec.sampler_options()
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(image_seed(0, i)) for i in range(3)]
+
+    together = draw_each(sampler, options, generators(), range(3))
+    alone = torch.cat([draw(sampler, 1, options, g, first=i) for i, g in enumerate(generators())])
+    if together.shape != alone.shape or not torch.allclose(together, alone, atol=1e-5):
+        raise ContractError(
+            f"{c.name}: generator_per_image is set, but sample(n, options, [n generators]) "
+            "differs from n calls of one image each; draw image i's noise from generator i alone"
+        )
 
 
 def _sample(c: Contract, sampler: Any, seed: int, n: int = 3) -> torch.Tensor:
