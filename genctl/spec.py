@@ -14,6 +14,7 @@ Tensors crossing the contract:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -283,7 +284,11 @@ def penalty_gradients(outputs: Tensor, inputs: Tensor, scaler: Any = None) -> Te
     unscaling multiplies by the scale's inverse on the device, with no host sync. The scaled
     quantity is the outputs' mean, so each output's gradient is scale / N, as in a loss averaged
     over the batch (a sum would overflow float16 at the default scale of 2^16 with any batch).
-    Without a scaler, or with a disabled one, this is the plain gradient.
+
+    A scale too large for this step overflows the gradient. Then, as for an overflow in the
+    main loss, the loss stays finite (the non-finite entries read as 0) and the update's
+    parameter gradients are made non-finite, so the scaler skips the update and lowers its
+    scale. Without a scaler, or with a disabled one, this is the plain gradient.
     """
     import torch
 
@@ -294,7 +299,31 @@ def penalty_gradients(outputs: Tensor, inputs: Tensor, scaler: Any = None) -> Te
     scale = scaler.scale(torch.ones((), device=outputs.device))  # a device tensor
     scaled = scaler.scale(outputs.float().sum() / n)
     (grad,) = torch.autograd.grad(scaled, inputs, create_graph=True)
-    return grad.float() * (n / scale)
+    grad = grad.float()
+    overflow = ~torch.isfinite(grad).all()
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0) * (n / scale)
+    return _skip_update_if().apply(grad, overflow)
+
+
+@functools.cache
+def _skip_update_if() -> Any:
+    """The autograd Function behind penalty_gradients' overflow handling, made on first use."""
+    import torch
+
+    class SkipUpdateIf(torch.autograd.Function):
+        """Identity forward; backward makes the gradient non-finite when ``overflow``."""
+
+        @staticmethod
+        def forward(ctx, x, overflow):
+            ctx.save_for_backward(overflow)
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (overflow,) = ctx.saved_tensors
+            return grad * torch.where(overflow, float("inf"), 1.0), None
+
+    return SkipUpdateIf
 
 
 BuildFn = Callable[[Any, DataInfo], "dict[str, nn.Module]"]

@@ -26,3 +26,16 @@ def test_a_disabled_scaler_gives_the_plain_gradient():
     x = torch.rand(2, 16).requires_grad_(True)
     off = torch.amp.GradScaler("cpu", enabled=False)
     assert torch.equal(penalty_gradients(critic(x), x, off), penalty_gradients(critic(x), x))
+
+
+def test_an_overflowing_scale_keeps_the_penalty_finite_and_makes_the_scaler_skip_the_update():
+    critic = UnderflowCritic(16)
+    x = torch.rand(4, 16).requires_grad_(True)
+    too_big = torch.amp.GradScaler("cpu", init_scale=2.0**30)  # past float16's 65504
+    with fp16():
+        grad = penalty_gradients(critic(x), x, too_big)
+        penalty = (grad.norm(dim=1) - 1).square().mean()
+    assert torch.isfinite(penalty)  # the loss stays finite: no divergence to report
+    penalty.backward()
+    grads = [p.grad for p in critic.parameters() if p.grad is not None]
+    assert grads and not all(torch.isfinite(g).all() for g in grads)  # the scaler skips it

@@ -247,6 +247,25 @@ def test_the_trainer_gives_the_objective_its_grad_scaler_under_fp16(workdir, mon
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
 
 
+def test_wgan_gp_under_fp16_trains_through_the_scalers_first_overflows(workdir):
+    from genctl import checkpoint
+    from genctl.tracking import get_run, local_path
+    from genctl.trainer import train
+
+    raw = {
+        "name": "dcgan-fp16-gp",
+        "plugin": "dcgan",
+        "model": {**TINY, "loss": "wgan-gp", "n_critic": 1},
+        "data": {"kind": "shapes", "image_size": 16, "channels": 1, "size": 16},
+        "train": {"steps": 4, "batch_size": 4, "grid_size": 4, "precision": "fp16"},
+    }
+    result = train(validate(raw), progress=False)  # 2^16 overflows the penalty at first
+    ck = checkpoint.load(local_path(get_run(result.run_id).artifact_uri) / checkpoint.FINAL)
+    assert result.step == 4 and all(
+        torch.isfinite(v).all() for v in ck["nets"]["discriminator"].values()
+    )
+
+
 def test_wgan_gp_critic_loss_is_minus_wasserstein_plus_weighted_penalty():
     _, _, objective, _ = make(loss="wgan-gp", gp_weight=10.0)
     loss, logs = objective.loss("d", batch(), 0)
