@@ -133,6 +133,13 @@ class Sampler(Protocol):
     ``class`` option's class, else balanced within the call), or the unconditional branch of a
     classifier-free-guided model, say. Samplers without ``num_classes`` are never given labels.
 
+    Optional, the latent interface, for samplers that draw from a latent (``genctl steer``, see
+    :mod:`genctl.steering`): ``latent(n, generator) -> z``, ``n`` latents of the prior (all
+    randomness from the CPU ``generator``), and ``generate(z, labels=None) -> images`` in
+    [0, 1], N x C x H x W, a deterministic function of ``z`` differentiable in it (networks in
+    eval mode; no ``torch.no_grad``). A class-conditional sampler draws ``labels`` (default: as
+    ``class_labels``). The contract kit's ``latent`` check holds them to this.
+
     Optional: ``preview(batch, generator) -> (images in [0, 1], nrow)`` draws the training-time
     grid from a fixed batch of data (input | output | target side by side, say). Without it the
     trainer shows ``sample()`` with default options and a fixed seed.

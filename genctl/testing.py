@@ -51,6 +51,12 @@ own ``model.*`` overrides to shrink its networks) and checks:
     finite value per uint8 image of the data, the same for the same seed whatever the global
     random state; ``nll_protocol()`` is a dict of strings under names of the family's own.
 
+``latent``
+    a sampler with the latent interface (``latent(n, generator)`` and ``generate(z,
+    labels=None)``, what ``genctl steer`` moves) has both; the latents depend on the seed alone;
+    ``generate`` gives images in [0, 1] of the data's shape, the same for the same z, and
+    differentiable in z (a finite, non-zero gradient). Samplers without it pass as they are.
+
 A failed check raises :class:`ContractError` (an ``AssertionError``) saying what is wrong.
 """
 
@@ -529,6 +535,66 @@ def check_likelihood(c: Contract) -> None:
         raise ContractError(f"{c.name}: {exc}") from None
 
 
+def check_latent(c: Contract) -> None:
+    """A sampler with the latent interface (what ``genctl steer`` moves): ``latent(n, generator)``
+    and ``generate(z, labels=None)`` come together; latents depend on the seed alone; generate
+    gives N x C x H x W images in [0, 1], the same for the same z, with a finite, non-zero
+    gradient in z (the generator frozen, as ``genctl steer`` freezes it)."""
+    nets = c.build()
+    sampler = c.sampler(nets)
+    has = [m for m in ("latent", "generate") if callable(getattr(sampler, m, None))]
+    if not has:
+        return  # no latent to steer
+    if len(has) == 1:
+        other = "generate" if has[0] == "latent" else "latent"
+        raise ContractError(
+            f"{c.name}: the sampler has {has[0]}() but not {other}(); the latent interface is "
+            "latent(n, generator) and generate(z, labels=None), both"
+        )
+
+    def latent(seed: int) -> torch.Tensor:
+        return sampler.latent(3, torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(1234)
+    z = latent(0)
+    if not isinstance(z, torch.Tensor) or z.dim() < 2 or len(z) != 3:
+        got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ContractError(f"{c.name}: latent(3, generator) must return 3 latents, got {got}")
+    if not z.is_floating_point() or not torch.isfinite(z).all():
+        raise ContractError(f"{c.name}: latent() must return finite float latents")
+    torch.manual_seed(4321)  # the global random state must not matter
+    if not torch.equal(z, latent(0)):
+        raise ContractError(
+            f"{c.name}: latent() with the same seed gave other latents; draw them from the "
+            "generator it is given"
+        )
+    if torch.equal(z, latent(1)):
+        raise ContractError(f"{c.name}: latent() gave the same latents for seeds 0 and 1")
+    with torch.no_grad():
+        first = sampler.generate(z.clone())
+        _check_images(c, first, "generate(z)", n=3)
+        if not torch.equal(first, sampler.generate(z.clone())):
+            raise ContractError(
+                f"{c.name}: generate(z) gave other images for the same z; it must be a "
+                "deterministic function of z (eval mode, no fresh noise)"
+            )
+    zg = z.clone().requires_grad_(True)
+    with torch.enable_grad():
+        images = sampler.generate(zg)
+        weights = torch.linspace(-1, 1, images[0].numel()).view_as(images[0]).to(images.device)
+        if not images.requires_grad:
+            raise ContractError(
+                f"{c.name}: generate(z) is not differentiable in z (no gradient reaches the "
+                "images: drop @torch.no_grad and detach on its path)"
+            )
+        (images * weights).sum().backward()
+    if zg.grad is None or not torch.isfinite(zg.grad).all() or not zg.grad.abs().sum() > 0:
+        raise ContractError(
+            f"{c.name}: generate(z) gave no finite, non-zero gradient in z; steering moves z "
+            "by that gradient"
+        )
+
+
 CHECKS: dict[str, Callable[[Contract], None]] = {
     "schemas": check_schemas,
     "training_step": check_training_step,
@@ -536,6 +602,7 @@ CHECKS: dict[str, Callable[[Contract], None]] = {
     "sampler": check_sampler,
     "labels": check_labels,
     "likelihood": check_likelihood,
+    "latent": check_latent,
 }
 """Every check by name, for ``pytest.mark.parametrize``."""
 

@@ -81,6 +81,9 @@ def _register() -> None:
         pass
     else:
         app.command("evaluate")(evaluate.evaluate_command)
+    from genctl.cli import steer
+
+    app.command("steer")(steer.steer_command)
     app.add_typer(
         plugins.app, name="plugins", help="List installed model families and scaffold new ones."
     )

@@ -115,3 +115,14 @@ class VAESampler(AutoencoderSampler):
 
     def nll_protocol(self) -> dict[str, str]:
         return likelihood_protocol(self.recon, self.decoder_std)
+
+    # The latent interface (genctl.steering): z is the decoder's input, of the prior's shape.
+    # Only the VAE has it: the deterministic autoencoder has no prior to draw a start from.
+
+    def latent(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` latents from the prior, drawn on the CPU ``generator``."""
+        return self.latents(n, generator).cpu()
+
+    def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The decoder's images in [0, 1] of latents ``z``, differentiable in ``z``."""
+        return ((self.net.decode(z.to(self.net.latent_mean.device)).float() + 1) / 2).clamp(0, 1)

@@ -80,3 +80,23 @@ class DCGANSampler:
         finally:
             g.train(was_training)
         return ((torch.cat(out).float() + 1) / 2).clamp(0, 1)
+
+    # The latent interface (genctl.steering): z is the generator's input noise, N x latent_dim.
+
+    def latent(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` latents from the prior, N(0, I), drawn on the CPU ``generator``."""
+        return draw_noise(n, self.config.latent_dim, generator, None)
+
+    def generate(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Images in [0, 1] of latents ``z``, differentiable in ``z`` (generator in eval mode);
+        a conditional model draws ``labels`` (default: image i of class i mod num_classes)."""
+        g = self.generator
+        labels = labels_to_draw(self, len(z), DCGANSamplerOptions(), labels)
+        device = next(g.parameters()).device
+        was_training = g.training
+        g.eval()
+        try:
+            x = g(z.to(device), None if labels is None else labels.to(device))
+        finally:
+            g.train(was_training)
+        return ((x.float() + 1) / 2).clamp(0, 1)

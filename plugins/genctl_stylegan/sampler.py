@@ -130,6 +130,23 @@ class StyleGANSampler:
         z = torch.randn(n, g.z_dim, generator=generator)
         return self._render(g.broadcast(self._map(z)), options, generator)
 
+    # ------------------------------------------------------------ the latent interface
+
+    # genctl.steering moves z (N x z_dim, the N(0, I) input of the mapping network), not w:
+    # z has a prior to stay near (the steering's distance penalty), and a steered z maps to a
+    # w the mapping network can produce. Rendering: no truncation, constant noise maps.
+
+    def latent(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` z latents from the prior, N(0, I), drawn on the CPU ``generator``."""
+        return torch.randn(n, self.generator.z_dim, generator=generator)
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] of z latents, differentiable in ``z`` (mapping, then synthesis with
+        the constant noise maps; no truncation)."""
+        g = self.generator
+        ws = g.broadcast(self._map(z))
+        return (g.synthesis(ws, g.synthesis.const_noise()).float().clamp(-1, 1) + 1) / 2
+
     # ------------------------------------------------------------ helpers
 
     @property
