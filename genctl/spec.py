@@ -150,6 +150,12 @@ class Sampler(Protocol):
     saying how (``estimator``, ``data``, ``dequantization``). Evaluation's ``nll`` metric
     reports their mean as ``nll`` and ``bpd`` (see :mod:`genctl.evaluation.likelihood`).
 
+    Optional, for anomaly detection: ``anomaly_scores(images, generator) -> dict[str, Tensor]``,
+    per-image scores of N uint8 images (higher: more anomalous), one float tensor of N per kind
+    (``mse``, ``nelbo``). ``genctl score`` writes them to a CSV; evaluation's ``auroc`` metric
+    reports ``auroc_<kind>`` and ``auprc_<kind>`` on the test split with
+    ``evaluate.anomaly_classes`` as the anomalies (see :mod:`genctl.evaluation.anomaly`).
+
     Evaluation (FID, KID, ...) calls ``sample()`` batch by batch with the recipe's
     ``evaluate.sampler`` options and, for a class-conditional sampler, balanced labels over the
     whole evaluation.

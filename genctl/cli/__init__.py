@@ -71,10 +71,11 @@ def _main(
 
 
 def _register() -> None:
-    from genctl.cli import plugins, recipes, runs, sample, train
+    from genctl.cli import plugins, recipes, runs, sample, score, train
 
     app.command("train")(train.train_command)
     app.command("sample")(sample.sample_command)
+    app.command("score")(score.score_command)
     try:
         from genctl.cli import evaluate
     except ImportError:

@@ -30,7 +30,7 @@ def evaluate_command(
         typer.Option(
             "--metrics",
             help="Comma-separated: fid, kid, isc, prc, psnr, ssim, nll, accuracy, fid_domain, "
-            "kid_domain. Default: the recipe's evaluate.metrics.",
+            "kid_domain, auroc. Default: the recipe's evaluate.metrics.",
         ),
     ] = None,
     num_samples: Annotated[
@@ -74,6 +74,14 @@ def evaluate_command(
             "FID/KID in its features. Default: evaluate.feature_extractor.",
         ),
     ] = None,
+    anomaly_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--anomaly-classes",
+            help="Comma-separated class indices whose test images are the anomalies for auroc. "
+            "Default: evaluate.anomaly_classes.",
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
@@ -86,6 +94,7 @@ def evaluate_command(
     genctl evaluate --run RUN_ID guidance=3.0 steps=50
     genctl evaluate --checkpoint model.pt --device cuda
     genctl evaluate --run RUN_ID --metrics fid_domain,kid_domain --feature-extractor CLASSIFIER_RUN
+    genctl evaluate --run RUN_ID --metrics auroc --anomaly-classes 7
     """
     from genctl.evaluation import evaluate, parse_metrics, source_for
     from genctl.evaluation.sources import evaluation_options
@@ -99,6 +108,8 @@ def evaluate_command(
     dev = _pick_device(device)
     model = load_model(find_checkpoint(run=run, path=checkpoint), dev)
     recipe = validate(model.recipe, model.source, spec=model.spec)
+    if anomaly_classes is not None:
+        recipe = _with_anomaly_classes(recipe, anomaly_classes)
     cfg = recipe.evaluate
     opts = evaluation_options(recipe, list(options or []))
     n = num_samples or cfg.num_samples
@@ -136,6 +147,22 @@ def evaluate_command(
     typer.echo(f"logged to run {run_id} at step {model.step}")
 
 
+def _with_anomaly_classes(recipe, text: str):
+    """``recipe`` with ``evaluate.anomaly_classes`` from ``--anomaly-classes 7`` or ``3,8``."""
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise BadInput(
+            f"--anomaly-classes {text!r}: expected class indices such as 7 or 3,8"
+        ) from None
+    if not classes:
+        raise BadInput("--anomaly-classes names no class", "Give class indices such as 7 or 3,8.")
+    import dataclasses
+
+    evaluate = recipe.evaluate.model_copy(update={"anomaly_classes": classes})
+    return dataclasses.replace(recipe, base=recipe.base.model_copy(update={"evaluate": evaluate}))
+
+
 def format_table(values: dict[str, float]) -> str:
     """Two aligned columns: metric name and value."""
     width = max((len(k) for k in values), default=6)
@@ -159,9 +186,23 @@ def format_likelihood(p: dict[str, str]) -> str:
     return "; ".join([head, *own])
 
 
+def format_anomaly(p: dict[str, str]) -> str:
+    """One line saying how ``auroc_*``/``auprc_*`` were made (the ``eval.anomaly_*`` entries)."""
+    return (
+        f"anomaly protocol {p['eval.anomaly_protocol']}: {p['eval.anomaly_set']}, anomalies: "
+        f"class {p['eval.anomaly_classes']} ({p['eval.anomaly_num_anomalous']} images, "
+        f"{p['eval.anomaly_num_normal']} normal); scores {p['eval.anomaly_scores']}; trained "
+        f"without classes {p['eval.anomaly_trained_without']}"
+    )
+
+
 def format_protocol(p: dict[str, str]) -> str:
     """One line saying how the numbers were made (and one each for the likelihood's, the
-    accuracy's and the domain features')."""
+    accuracy's, the anomaly scores' and the domain features')."""
+    if "eval.anomaly_protocol" in p:
+        rest = {k: v for k, v in p.items() if not k.startswith("eval.anomaly_")}
+        line = format_anomaly(p)
+        return "\n".join([line, format_protocol(rest)]) if rest else line
     held = [k for k in ("eval.nll_protocol", "eval.accuracy_set") if k in p]
     if held:
         rest = {k: v for k, v in p.items() if not k.startswith(("eval.nll_", "eval.accuracy_"))}

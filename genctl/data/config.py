@@ -19,6 +19,9 @@ class DataConfig(Schema):
     channels: Literal[1, 3] = 3
     labels: bool = True  # class sub-folders become labels when present
     limit: int | None = Field(None, gt=0)  # use at most this many images (the first, sorted)
+    # drop the images of these class indices (labelled image kinds): train on the other classes,
+    # e.g. MNIST without one digit, which anomaly detection then scores as the anomalies
+    exclude_classes: list[int] = Field([], max_length=1000)
     resize: Literal["center_crop", "stretch"] = "center_crop"  # for non-square images
     background: tuple[int, int, int] = (255, 255, 255)  # RGBA is flattened onto this colour
     flip: bool = False  # random horizontal flip, applied on the batch

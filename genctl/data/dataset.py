@@ -46,6 +46,11 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Decode (or load from the cache) the dataset the recipe's ``data:`` section describes."""
+    if cfg.exclude_classes and cfg.kind not in ("shapes", "images", "mnist", "cifar10"):
+        raise BadInput(
+            f"data.exclude_classes: data.kind={cfg.kind} has no classes to exclude",
+            "Drop data.exclude_classes (it applies to shapes, images, mnist and cifar10).",
+        )
     return _KINDS[cfg.kind](cfg)
 
 
@@ -97,6 +102,8 @@ def _labelled(cfg: DataConfig, payload: dict, fp: str) -> Dataset:
     """An image dataset from a payload of ``image``, ``labels`` and ``class_names``."""
     images = payload["tensors"]["image"]
     labels = payload["labels"] if cfg.labels else None
+    if cfg.exclude_classes:
+        images, labels, fp = _excluded(cfg, payload, fp)
     names = tuple(payload["class_names"]) if labels is not None else ()
     info = DataInfo(
         task=_image_task(labels),
@@ -107,6 +114,30 @@ def _labelled(cfg: DataConfig, payload: dict, fp: str) -> Dataset:
         size=len(images),
     )
     return Dataset({"image": images}, labels, info, fp)
+
+
+def _excluded(cfg: DataConfig, payload: dict, fp: str) -> tuple[torch.Tensor, Any, str]:
+    """The payload without the images of ``cfg.exclude_classes`` (in memory: the cache keeps
+    every class), its labels (None when ``cfg.labels`` is off) and its fingerprint, which
+    records the classes dropped."""
+    names, all_labels = payload["class_names"], payload["labels"]
+    if all_labels is None or not names:
+        raise BadInput(
+            f"data.exclude_classes: data.kind={cfg.kind} at this root has no class labels",
+            "Exclude classes of labelled data only (class sub-folders, mnist, cifar10, shapes).",
+        )
+    wrong = [c for c in cfg.exclude_classes if not 0 <= c < len(names)]
+    if wrong:
+        raise BadInput(
+            f"data.exclude_classes: {wrong} not among the class indices 0..{len(names) - 1}",
+            "Classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)) + ".",
+        )
+    classes = sorted(set(cfg.exclude_classes))
+    if len(classes) == len(names):
+        raise BadInput("data.exclude_classes excludes every class: no image is left")
+    keep = ~torch.isin(all_labels, torch.tensor(classes, dtype=all_labels.dtype))
+    labels = all_labels[keep] if cfg.labels else None
+    return payload["tensors"]["image"][keep], labels, cache.fingerprint(fp, {"exclude": classes})
 
 
 # ---------------------------------------------------------------- image kinds

@@ -47,13 +47,19 @@ INCEPTION_METRICS = ("fid", "kid", "isc", "prc")  # torch-fidelity, Inception fe
 PAIRED_METRICS = ("psnr", "ssim")  # one output against its own target
 LIKELIHOOD_METRICS = ("nll",)  # the model's own likelihood of test images (likelihood.py)
 CLASSIFIER_METRICS = ("accuracy",)  # a classifier's on test images (classification.py)
+ANOMALY_METRICS = ("auroc",)  # anomaly scores of labelled test images (anomaly.py)
 DOMAIN_METRICS = (
     "fid_domain",
     "kid_domain",
 )  # in evaluate.feature_extractor's features (domain.py)
-HELD_OUT_METRICS = LIKELIHOOD_METRICS + CLASSIFIER_METRICS  # nothing generated
+HELD_OUT_METRICS = LIKELIHOOD_METRICS + CLASSIFIER_METRICS + ANOMALY_METRICS  # nothing generated
 METRICS = (
-    INCEPTION_METRICS + PAIRED_METRICS + LIKELIHOOD_METRICS + CLASSIFIER_METRICS + DOMAIN_METRICS
+    INCEPTION_METRICS
+    + PAIRED_METRICS
+    + LIKELIHOOD_METRICS
+    + CLASSIFIER_METRICS
+    + DOMAIN_METRICS
+    + ANOMALY_METRICS
 )
 NEED_REAL = ("fid", "kid", "prc")
 PAIRED_TASKS = ("paired", "super_resolution")  # outputs with their own targets
@@ -68,6 +74,7 @@ RESULT_KEYS = {  # metric -> the names it reports (logged as eval/<name>)
     "accuracy": ("accuracy",),
     "fid_domain": ("fid_domain",),
     "kid_domain": ("kid_domain_mean", "kid_domain_std"),
+    "auroc": (),  # auroc_<kind>, auprc_<kind> per score kind of the model (anomaly.py)
 }
 CACHE_FORMAT = 1  # bump when what is cached for a key changes
 
@@ -140,6 +147,12 @@ def evaluate(
             "nll: this model reports no likelihood of images",
             "nll applies to likelihood models whose sampler has nll() (see docs/plugins.md); "
             "use fid, kid, isc or prc here.",
+        )
+    if "auroc" in wanted and source.anomaly is None:
+        raise BadInput(
+            "auroc: this model gives no anomaly scores of images",
+            "auroc applies to models whose sampler has anomaly_scores() (autoencoder, vae; see "
+            "docs/plugins.md).",
         )
     if "accuracy" in wanted and source.classifier is None:
         raise BadInput(
@@ -222,6 +235,9 @@ def evaluate(
         protocol.update(acc_protocol)
         held_protocol.update(acc_protocol)
         notes += [n for n in acc_notes if n not in notes]
+    if "auroc" in wanted:
+        values.update(_anomaly(source, device, batch_size, progress, held_protocol, notes))
+        protocol.update({k: v for k, v in held_protocol.items() if k.startswith("eval.anomaly_")})
     if not inception and not domain and not source.paired:  # held-out metrics: nothing generated
         return Evaluation(values, held_protocol, notes)
 
@@ -248,6 +264,19 @@ def evaluate(
         )
     protocol["eval.protocol"] = protocol_id(protocol)
     return Evaluation(values, protocol, notes)
+
+
+def _anomaly(source, device, batch_size, progress, protocol, notes) -> dict[str, float]:
+    """``auroc_<kind>``/``auprc_<kind>`` (see :mod:`genctl.evaluation.anomaly`); its protocol
+    and notes are added to ``protocol`` and ``notes``."""
+    from genctl.evaluation import anomaly
+
+    values, anomaly_protocol, anomaly_notes = anomaly.measure(
+        source.anomaly, device=device, batch_size=batch_size, progress=progress
+    )
+    protocol.update(anomaly_protocol)
+    notes += [n for n in anomaly_notes if n not in notes]
+    return values
 
 
 def _inception_metrics(inception, generated, real, protocol, notes) -> dict[str, float]:
@@ -475,6 +504,8 @@ def check_ready(recipe: Any) -> None:
     if "nll" in wanted:
         _check_likelihood(recipe)
     if "accuracy" in wanted:
+    if "auroc" in wanted:
+        _check_anomaly(recipe)
         _check_classifier(recipe)
     if any(m in DOMAIN_METRICS for m in wanted):
         if not cfg.feature_extractor:
@@ -499,6 +530,8 @@ def check_ready(recipe: Any) -> None:
             "Use fid, kid, isc or prc for it (paired and super-resolution models get PSNR/SSIM).",
         )
     if cfg.best:
+        if "auroc" in wanted and cfg.best.startswith(("auroc_", "auprc_")):
+            names.append(cfg.best)  # the kinds are the sampler's: a wrong one fails at step N
         names = [k for m in wanted for k in RESULT_KEYS[m]]
         if recipe.spec.task in PAIRED_TASKS:  # always measured for paired outputs
             names += [k for k in ("psnr", "ssim") if k not in names]
@@ -526,6 +559,26 @@ def _check_likelihood(recipe: Any) -> None:
             f"{recipe.plugin} reports none",
             "Use fid, kid, isc or prc for it (nll applies to likelihood models, whose sampler "
             "has nll(); see docs/plugins.md).",
+
+
+def _check_anomaly(recipe: Any) -> None:
+    from genctl.evaluation.anomaly import supports
+
+    spec = recipe.spec
+    known = not isinstance(spec.sampler, type) or supports(spec.sampler)
+    if spec.task not in ("unconditional", "conditional") or not known:
+        raise BadInput(
+            f"evaluate.metrics: auroc ranks images by the model's anomaly scores; {recipe.plugin} "
+            "gives none",
+            "auroc applies to models whose sampler has anomaly_scores() (autoencoder, vae; see "
+            "docs/plugins.md).",
+        )
+    if not recipe.evaluate.anomaly_classes:
+        raise BadInput(
+            "evaluate.metrics: auroc needs evaluate.anomaly_classes, the classes that are anomalies",
+            "Set evaluate.anomaly_classes: [CLASS, ...] and train without them "
+            "(data.exclude_classes: [CLASS, ...]).",
+        )
         )
 
 

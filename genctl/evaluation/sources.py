@@ -56,6 +56,8 @@ class ImageSource:
     likelihood: Any = None
     # held-out labelled images for a classifier's `accuracy`, see genctl.evaluation.classification
     classifier: Any = None
+    # labelled test images for the model's anomaly scores (`auroc`), see genctl.evaluation.anomaly
+    anomaly: Any = None
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -195,7 +197,7 @@ def source_for(
         from genctl.evaluation.likelihood import held_out
 
         heldout = held_out(recipe, sampler, nll_images or recipe.evaluate.nll_images, seed)
-        from genctl.evaluation import classification
+        from genctl.evaluation import anomaly, classification
 
         return ImageSource(
             generate,
@@ -205,6 +207,7 @@ def source_for(
             protocol=protocol,
             likelihood=heldout,
             classifier=classification.held_out(recipe, sampler),
+            anomaly=anomaly.held_out(recipe, sampler, seed),
         )
 
     data, notes = _test_split(recipe.data)

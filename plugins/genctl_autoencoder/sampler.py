@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from genctl.errors import BadInput
 from genctl.spec import DataInfo, Schema
 
-from .loss import likelihood_protocol, negative_elbo
+from .loss import gaussian_kl, likelihood_protocol, negative_elbo
 
 
 class AutoencoderSamplerOptions(Schema):
@@ -80,6 +80,15 @@ class AutoencoderSampler:
         )
         return self._decode(z)
 
+    @torch.no_grad()
+    def anomaly_scores(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Per-image anomaly scores of uint8 images (higher: more anomalous), for genctl score
+        and the ``auroc`` metric: ``mse``, the mean squared error per pixel on the [0, 1] scale
+        of the reconstruction through the posterior mean (``generator`` unused here)."""
+        x = images.float() / 255
+        recon = self.reconstruct(x * 2 - 1).to(x.device)
+        return {"mse": (recon - x).square().flatten(1).mean(1)}
+
     def _decode(self, z: Tensor) -> Tensor:
         out = [self.net.decode(z[i : i + self.chunk]) for i in range(0, len(z), self.chunk)]
         return ((torch.cat(out).float() + 1) / 2).clamp(0, 1)
@@ -112,6 +121,17 @@ class VAESampler(AutoencoderSampler):
     def nll(self, images: Tensor, labels: Tensor | None, generator: torch.Generator) -> Tensor:
         """-ELBO in nats of each uint8 image (``labels`` unused: the VAE is unconditional)."""
         return negative_elbo(self.net, images, self.recon, self.decoder_std, generator)
+
+    @torch.no_grad()
+    def anomaly_scores(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """The autoencoder's ``mse``, and ``kl`` (the posterior's KL from the prior, nats: how
+        far from typical codes the image lands) and ``nelbo`` (the negative ELBO of ``nll``,
+        nats, one posterior sample drawn from ``generator``)."""
+        scores = super().anomaly_scores(images, generator)
+        mu, logvar = self.net.posterior(images.float() / 255 * 2 - 1)
+        scores["kl"] = gaussian_kl(mu.float(), logvar.float())
+        scores["nelbo"] = self.nll(images, None, generator)
+        return scores
 
     def nll_protocol(self) -> dict[str, str]:
         return likelihood_protocol(self.recon, self.decoder_std)
