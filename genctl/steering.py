@@ -108,7 +108,7 @@ def steer(
     z0: Tensor,
     *,
     steps: int = 50,
-    lr: float = 0.05,
+    lr: float = 0.1,
     keep: float = 0.1,
     labels: Tensor | None = None,
     frames: int = 2,

@@ -28,9 +28,7 @@ def steer_command(
         str | None, typer.Option("--plugin", "-p", help="Newest finished run of this family.")
     ] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Gradient steps.")] = 50,
-    lr: Annotated[
-        float, typer.Option("--lr", min=0.0, help="Adam step size in the latent.")
-    ] = 0.05,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam step size in the latent.")] = 0.1,
     keep: Annotated[
         float,
         typer.Option(
@@ -86,7 +84,7 @@ def steer_command(
             f"Give an image file name ending in {', '.join(sorted(IMAGE_SUFFIXES))}.",
         )
     if lr <= 0:
-        raise BadInput(f"--lr {lr}: the step size must be above 0", "Try --lr 0.05.")
+        raise BadInput(f"--lr {lr}: the step size must be above 0", "Try --lr 0.1.")
     dev = _pick_device(device)
     model = load_model(find_checkpoint(run=run, path=checkpoint, plugin=plugin), dev)
     require_latent(model.sampler, model.spec.name)
