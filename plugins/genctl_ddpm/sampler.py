@@ -16,7 +16,13 @@ from genctl.errors import BadInput
 from genctl.spec import DataInfo, Schema
 from genctl_ddpm.config import DDPMConfig
 from genctl_ddpm.guidance import GuideFn, guidance_registry
-from genctl_ddpm.scheduler import DDIMScheduler, Spacing, make_schedule, make_scheduler
+from genctl_ddpm.scheduler import (
+    DDIMScheduler,
+    Spacing,
+    make_schedule,
+    make_scheduler,
+    randn,
+)
 
 
 class DDPMSampleOptions(Schema):
@@ -46,6 +52,9 @@ class DDPMSampleOptions(Schema):
 
 
 class DiffusionSampler:
+    # sample() takes a list of n generators, one per image (its start noise and every step's)
+    generator_per_image = True
+
     def __init__(self, config: DDPMConfig, nets: dict[str, nn.Module], info: DataInfo) -> None:
         self.config = config
         self.unet = nets.get("unet_ema", nets["unet"])  # the trainer's EMA weights when kept
@@ -82,7 +91,7 @@ class DiffusionSampler:
         timesteps = scheduler.timesteps.tolist()
         device = self.device
         shape = (n, self.info.channels, self.info.image_size, self.info.image_size)
-        noise = torch.randn(shape, generator=generator).to(device)
+        noise = randn(shape, generator, device)
         if inputs is None:
             x = noise
         else:  # img2img: noise the inputs to step ~strength*T, then denoise from there

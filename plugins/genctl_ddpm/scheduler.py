@@ -124,10 +124,28 @@ class StepOutput:
     pred_original_sample: Tensor  # the model's estimate of x_0 at this step
 
 
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Gaussian noise drawn on the generator's device (CPU), then moved: same seed, same noise."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn(
+    shape: tuple[int, ...],
+    generator: Generators,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Gaussian noise drawn on the generator's device (CPU), then moved: same seed, same noise.
+    A list of generators draws row i from generator i, so an image does not depend on the
+    others it is sampled with (``genctl sample`` gives one generator per image)."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([randn((1, *shape[1:]), g, device, dtype) for g in generator])
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
+def _noise_like(x: Tensor, generator: Generators) -> Tensor:
+    return randn(tuple(x.shape), generator, x.device, x.dtype)
 
 
 class _Scheduler:
@@ -219,7 +237,7 @@ class DDPMScheduler(_Scheduler):
         model_output: Tensor,
         timestep: int,
         sample: Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> StepOutput:
         t = int(timestep)
         abar_t, abar_prev = (a.to(sample.device) for a in self._alphas(t))
@@ -258,7 +276,7 @@ class DDIMScheduler(_Scheduler):
         timestep: int,
         sample: Tensor,
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> StepOutput:
         t = int(timestep)
         abar_t, abar_prev = (a.to(sample.device) for a in self._alphas(t))
