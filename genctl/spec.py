@@ -259,6 +259,22 @@ def image_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # below 2**63, what manual_seed takes
 
 
+def noise(kind: str, shape: Sequence[int], generator: Any, dtype: Any = None) -> Tensor:
+    """``torch.randn`` (``kind="randn"``) or ``torch.rand`` (``"rand"``) of ``shape`` on the CPU,
+    for samplers that say ``generator_per_image``: given a list of generators, row ``i`` is the
+    first draw of generator ``i`` (what a call for that image alone would draw), so an image
+    does not depend on the batch it is drawn in. Given one generator, one draw as usual."""
+    import torch
+
+    fn = torch.randn if kind == "randn" else torch.rand
+    dtype = dtype or torch.float32
+    if isinstance(generator, list | tuple):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([fn(1, *shape[1:], generator=g, dtype=dtype) for g in generator])
+    return fn(*shape, generator=generator, dtype=dtype)
+
+
 def draw_each(
     sampler: Any,
     options: Any,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from genctl.errors import BadInput
-from genctl.spec import DataInfo, Schema, labels_to_draw
+from genctl.spec import DataInfo, Schema, labels_to_draw, noise
 
 from .loss import image_nll, likelihood_protocol
 
@@ -42,6 +42,8 @@ class PixelCNNSamplerOptions(Schema):
 
 
 class PixelCNNSampler:
+    generator_per_image = True  # sample() takes a list of n generators, one per image
+
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.net = nets.get("pixelcnn_ema", nets["pixelcnn"])
         self.size = data.image_size
@@ -75,7 +77,7 @@ class PixelCNNSampler:
         labels = labels_to_draw(self, n, options, labels)
         labels = None if labels is None else labels.to(device)
         c, s, levels = net.channels, self.size, net.levels
-        uniform = torch.rand(n, c, s, s, generator=generator, dtype=torch.float64).to(device)
+        uniform = noise("rand", (n, c, s, s), generator, torch.float64).to(device)
         x = torch.full((n, c, s, s), -1.0, device=device)  # the network's input; filled in below
         was_training = net.training
         net.eval()

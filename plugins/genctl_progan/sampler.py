@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genctl.spec import DataInfo, Schema
+from genctl.spec import DataInfo, Schema, noise
 
 
 class ProGANSamplerOptions(Schema):
@@ -26,6 +26,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 class ProGANSampler:
+    generator_per_image = True  # sample() takes a list of n generators, one per image
+
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.generator = nets.get(
             "generator_ema", nets["generator"]
@@ -42,7 +44,7 @@ class ProGANSampler:
     ) -> torch.Tensor:
         device = next(self.generator.parameters()).device
         depth, alpha = self.generator.stage()
-        z = torch.randn(n, self.generator.latent_dim, generator=generator).to(device)
+        z = noise("randn", (n, self.generator.latent_dim), generator).to(device)
         x = to_unit(self.generator(z, depth, alpha))
         if options.upsample and x.shape[-1] < self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="nearest")

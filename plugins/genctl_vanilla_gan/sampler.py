@@ -6,7 +6,7 @@ import torch
 from pydantic import AliasChoices, Field
 from torch import Tensor, nn
 
-from genctl.spec import DataInfo, Schema, labels_to_draw
+from genctl.spec import DataInfo, Schema, labels_to_draw, noise
 
 
 class VanillaGANSamplerOptions(Schema):
@@ -23,6 +23,8 @@ class VanillaGANSamplerOptions(Schema):
 
 
 class VanillaGANSampler:
+    generator_per_image = True  # sample() takes a list of n generators, one per image
+
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.generator = nets.get("generator_ema", nets["generator"])  # EMA weights when kept
         self.num_classes = self.generator.num_classes  # 0: unconditional, takes no labels
@@ -39,7 +41,7 @@ class VanillaGANSampler:
         """``n`` images; image i of class ``labels[i]`` for a conditional model."""
         g = self.generator
         labels = labels_to_draw(self, n, options, labels)
-        z = torch.randn(n, g.latent_dim, generator=generator)
+        z = noise("randn", (n, g.latent_dim), generator)
         device = next(g.parameters()).device
         was_training = g.training
         g.eval()  # batch norm on its running statistics: each image independent of the others
