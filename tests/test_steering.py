@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ from genctl import checkpoint, steering, testing
 from genctl.cli import app
 from genctl.errors import BadInput
 from genctl.recipe import load, recipes_dir, validate
+from tests import toy
 
 # ---------------------------------------------------------------- the algorithm, on tiny nets
 
@@ -123,6 +125,34 @@ def test_the_contract_kit_checks_the_latent_interface(dcgan_contract, monkeypatc
     monkeypatch.delattr(DCGANSampler, "generate")
     with pytest.raises(testing.ContractError, match="but not generate"):
         testing.check_latent(dcgan_contract)
+
+
+class SteerableToy(toy.ToySampler):
+    """A third-party GAN's sampler (the tests' toy plugin) with the two latent methods added."""
+
+    def latent(self, n, generator):
+        return torch.randn(n, self.config.latent, generator=generator)
+
+    def generate(self, z, labels=None):
+        s = self.info.image_size
+        x = self.g(z.to(next(self.g.parameters()).device))
+        return x.view(len(z), self.info.channels, s, s).add(1).div(2).clamp(0, 1)
+
+
+def test_a_third_party_gan_with_the_two_methods_passes_the_kit_and_steers():
+    c = testing.make_contract("toy", plugin=replace(toy.SPEC, sampler=SteerableToy))
+    testing.check_latent(c)
+    sampler = c.sampler(c.build())
+    steering.require_latent(sampler, "toy")  # no bad input: it has both
+
+    def log_prob(images):  # "bright images": a two-class logit on the mean pixel
+        m = images.mean((1, 2, 3)) * 20 - 10
+        return torch.stack([-m, m], 1).log_softmax(1)[:, 1]
+
+    out = steering.steer(
+        sampler.generate, log_prob, sampler.latent(4, torch.Generator().manual_seed(0)), steps=20
+    )
+    assert (out.log_prob_end > out.log_prob_start).all()
 
 
 # ---------------------------------------------------------------- `genctl steer` end to end
