@@ -54,18 +54,15 @@ class ProGANSampler:
 
     def latent(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` latents from the prior, N(0, I), drawn on the CPU ``generator``."""
-        return torch.randn(n, self.generator.latent_dim, generator=generator)
+        return noise("randn", (n, self.generator.latent_dim), generator)
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [0, 1] of latents ``z``, differentiable in ``z``, at the growth stage last
-        trained (the final resolution once training is done). Below it they are upsampled
-        (nearest) to data.image_size, so a steered image is always of the data's size."""
+        trained (the final resolution once training is done), never upsampled: a classifier
+        that needs another size is given a resized copy by genctl.steering."""
         device = next(self.generator.parameters()).device
         depth, alpha = self.generator.stage()
-        x = (self.generator(z.to(device), depth, alpha).float().clamp(-1, 1) + 1) / 2
-        if x.shape[-1] < self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="nearest")
-        return x
+        return (self.generator(z.to(device), depth, alpha).float().clamp(-1, 1) + 1) / 2
 
 
 def build_sampler(config, nets: dict[str, nn.Module], data: DataInfo) -> ProGANSampler:
