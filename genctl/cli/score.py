@@ -45,8 +45,9 @@ def score_command(
     genctl score --plugin vae --input digits/ --out scores.csv --recon recon/
 
     The CSV has a `file` column and one column per kind of score the model gives (autoencoder:
-    mse, the reconstruction error; vae: mse, kl, nelbo, the negative ELBO in nats). Images are
-    resized to the model's image size as `genctl sample --input` does.
+    mse, the reconstruction error, and nmse, the same over the image's mean square; vae: also
+    kl and nelbo, the negative ELBO in nats). Images are resized to the model's image size as
+    `genctl sample --input` does.
     """
     import torch
 

@@ -84,10 +84,14 @@ class AutoencoderSampler:
     def anomaly_scores(self, images: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-image anomaly scores of uint8 images (higher: more anomalous), for genctl score
         and the ``auroc`` metric: ``mse``, the mean squared error per pixel on the [0, 1] scale
-        of the reconstruction through the posterior mean (``generator`` unused here)."""
+        of the reconstruction through the posterior mean, and ``nmse``, the same divided by the
+        image's mean square, so that how much ink a digit has does not decide its score
+        (``generator`` unused here)."""
         x = images.float() / 255
         recon = self.reconstruct(x * 2 - 1).to(x.device)
-        return {"mse": (recon - x).square().flatten(1).mean(1)}
+        mse = (recon - x).square().flatten(1).mean(1)
+        energy = x.square().flatten(1).mean(1).clamp_min(1 / 255**2)  # a blank image: one level
+        return {"mse": mse, "nmse": mse / energy}
 
     def _decode(self, z: Tensor) -> Tensor:
         out = [self.net.decode(z[i : i + self.chunk]) for i in range(0, len(z), self.chunk)]

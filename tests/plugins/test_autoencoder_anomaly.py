@@ -28,10 +28,15 @@ def test_autoencoder_scores_its_reconstruction_error_per_image():
     sampler = make(variational=False)[3]
     x = uint8_images(5)
     scores = sampler.anomaly_scores(x, gen(0))
-    assert list(scores) == ["mse"]
+    assert list(scores) == ["mse", "nmse"]
     recon = sampler.reconstruct(x.float() / 127.5 - 1)
     expected = (recon - x.float() / 255).square().flatten(1).mean(1)
     assert torch.allclose(scores["mse"], expected)
+    energy = (x.float() / 255).square().flatten(1).mean(1)
+    assert torch.allclose(scores["nmse"], expected / energy)
+    # a blank image (no ink) still gets a finite score
+    blank = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+    assert torch.isfinite(sampler.anomaly_scores(blank, gen(0))["nmse"]).all()
     assert torch.equal(sampler.anomaly_scores(x[2:3], gen(9))["mse"], scores["mse"][2:3])
 
 
@@ -39,7 +44,7 @@ def test_vae_adds_the_posterior_kl_and_the_negative_elbo_of_its_likelihood():
     sampler = make(variational=True, recon="bce")[3]
     x = uint8_images(4)
     scores = sampler.anomaly_scores(x, gen(1))
-    assert list(scores) == ["mse", "kl", "nelbo"]
+    assert list(scores) == ["mse", "nmse", "kl", "nelbo"]
     assert torch.equal(scores["nelbo"], sampler.nll(x, None, gen(1)))
     mu, logvar = sampler.net.posterior(x.float() / 127.5 - 1)
     assert torch.allclose(scores["kl"], gaussian_kl(mu, logvar))
@@ -86,7 +91,7 @@ def test_training_without_a_class_then_scoring_it_as_the_anomalies(cli, workdir)
     assert res.exit_code == 0, res.output
     run_id = res.output.split("run ")[1].split()[0]
     run = get_run(run_id)
-    for kind in ("mse", "kl", "nelbo"):  # measured during training, at step 2
+    for kind in ("mse", "nmse", "kl", "nelbo"):  # measured during training, at step 2
         assert 0 <= run.metrics[f"eval/auroc_{kind}"] <= 1
         assert 0 <= run.metrics[f"eval/auprc_{kind}"] <= 1
     test = load_dataset(DataConfig(kind="shapes", image_size=16, size=24, split="test"))
@@ -125,7 +130,7 @@ def test_training_without_a_class_then_scoring_it_as_the_anomalies(cli, workdir)
     )
     assert res.exit_code == 0, res.output
     rows = list(csv.reader((workdir / "s.csv").open()))
-    assert rows[0] == ["file", "mse", "kl", "nelbo"]
+    assert rows[0] == ["file", "mse", "nmse", "kl", "nelbo"]
     assert [r[0] for r in rows[1:]] == ["im0.png", "im1.png", "im2.png"]
     assert all(float(v) >= 0 for r in rows[1:] for v in r[1:])
     assert sorted(p.name for p in (workdir / "recon").iterdir()) == [
