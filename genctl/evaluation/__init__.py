@@ -335,7 +335,6 @@ PROTOCOL_KEYS = (
     "eval.real_fingerprint",
     "eval.paired_metrics",
 )
-
 # Hashed only when not the default shown here: the sampler options that differ from the
 # defaults and the labels drawn (sources.sampler_protocol), so ids made before they existed stand.
 PROTOCOL_DEFAULTS = {"eval.sampler": "{}", "eval.labels": "none"}
@@ -504,9 +503,9 @@ def check_ready(recipe: Any) -> None:
     if "nll" in wanted:
         _check_likelihood(recipe)
     if "accuracy" in wanted:
+        _check_classifier(recipe)
     if "auroc" in wanted:
         _check_anomaly(recipe)
-        _check_classifier(recipe)
     if any(m in DOMAIN_METRICS for m in wanted):
         if not cfg.feature_extractor:
             raise BadInput(
@@ -530,9 +529,9 @@ def check_ready(recipe: Any) -> None:
             "Use fid, kid, isc or prc for it (paired and super-resolution models get PSNR/SSIM).",
         )
     if cfg.best:
+        names = [k for m in wanted for k in RESULT_KEYS[m]]
         if "auroc" in wanted and cfg.best.startswith(("auroc_", "auprc_")):
             names.append(cfg.best)  # the kinds are the sampler's: a wrong one fails at step N
-        names = [k for m in wanted for k in RESULT_KEYS[m]]
         if recipe.spec.task in PAIRED_TASKS:  # always measured for paired outputs
             names += [k for k in ("psnr", "ssim") if k not in names]
         if recipe.spec.task == "super_resolution":  # Y channel, RGB beside
@@ -559,6 +558,7 @@ def _check_likelihood(recipe: Any) -> None:
             f"{recipe.plugin} reports none",
             "Use fid, kid, isc or prc for it (nll applies to likelihood models, whose sampler "
             "has nll(); see docs/plugins.md).",
+        )
 
 
 def _check_anomaly(recipe: Any) -> None:
@@ -578,7 +578,6 @@ def _check_anomaly(recipe: Any) -> None:
             "evaluate.metrics: auroc needs evaluate.anomaly_classes, the classes that are anomalies",
             "Set evaluate.anomaly_classes: [CLASS, ...] and train without them "
             "(data.exclude_classes: [CLASS, ...]).",
-        )
         )
 
 

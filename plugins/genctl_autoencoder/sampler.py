@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from genctl.errors import BadInput
-from genctl.spec import DataInfo, Schema
+from genctl.spec import DataInfo, Schema, noise
 
 from .loss import gaussian_kl, likelihood_protocol, negative_elbo
 
@@ -32,6 +32,7 @@ class AutoencoderSampler:
     """Decodes prior latents, or reconstructs inputs through the posterior mean."""
 
     chunk = 256  # images per forward pass, to bound memory for large n
+    generator_per_image = True  # sample() takes a list of n generators, one per image
 
     def __init__(self, config, nets: dict[str, nn.Module], data: DataInfo):
         self.net = nets.get("autoencoder_ema", nets["autoencoder"])  # EMA weights when kept
@@ -65,7 +66,7 @@ class AutoencoderSampler:
     def latents(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> Tensor:
         """``n`` latents from the prior (see ``Autoencoder.prior``), noise drawn on the CPU."""
         mean, std = self.net.prior()
-        eps = torch.randn(n, *self.net.latent_shape, generator=generator).to(mean.device)
+        eps = noise("randn", (n, *self.net.latent_shape), generator).to(mean.device)
         return mean + temperature * std * eps
 
     @torch.no_grad()
