@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from genctl.errors import BadInput
 
@@ -96,19 +95,10 @@ def score_images(
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, list[Tensor]] = {}
-    with (
-        tqdm(
-            total=len(images),
-            desc="anomaly scores",
-            unit="img",
-            leave=False,
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        ) as bar,
-        torch.no_grad(),
-    ):
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
+    from genctl.evaluation.likelihood import in_batches
+
+    with torch.no_grad():
+        for x, _ in in_batches(images, None, batch_size, device, "anomaly scores", progress):
             got = sampler.anomaly_scores(x, generator)
             kinds = _check_scores(got, len(x))
             if out and list(out) != kinds:
@@ -117,7 +107,6 @@ def score_images(
                 )
             for kind in kinds:
                 out.setdefault(kind, []).append(got[kind].detach().double().cpu())
-            bar.update(len(x))
     return {kind: torch.cat(parts) for kind, parts in out.items()}
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from genctl.errors import BadInput
 
@@ -38,6 +37,7 @@ def measure(
     """``accuracy`` of ``held``'s model on its images, the protocol (``eval.accuracy_*``), notes."""
     from genctl.data import to_unit
     from genctl.evaluation import content_fingerprint
+    from genctl.evaluation.likelihood import in_batches
 
     data = held.load()
     images, labels = data["images"], data["labels"]
@@ -49,27 +49,14 @@ def measure(
         raise BadInput(f"accuracy: {data['name']} holds no images")
     device = torch.device(device)
     correct = torch.zeros((), dtype=torch.long)
-    with (
-        tqdm(
-            total=len(images),
-            desc="accuracy",
-            unit="img",
-            leave=False,
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        ) as bar,
-        torch.no_grad(),
-    ):
-        for start in range(0, len(images), batch_size):
-            x = to_unit(images[start : start + batch_size].to(device))
-            y = labels[start : start + batch_size].to(device)
-            logits = held.model.classify(x)
+    with torch.no_grad():
+        for x, y in in_batches(images, labels, batch_size, device, "accuracy", progress):
+            logits = held.model.classify(to_unit(x))
             if logits.ndim != 2 or len(logits) != len(x):
                 raise RuntimeError(
                     f"sampler.classify must return N x classes logits, got {tuple(logits.shape)}"
                 )
             correct += (logits.argmax(1) == y).sum().cpu()
-            bar.update(len(x))
     protocol = {
         "eval.accuracy_set": data["name"],
         "eval.accuracy_split": data["split"],

@@ -55,6 +55,32 @@ def supports(sampler: Any) -> bool:
     )
 
 
+def in_batches(
+    images: Tensor,
+    labels: Tensor | None,
+    batch_size: int,
+    device: torch.device,
+    desc: str,
+    progress: bool = True,
+):
+    """``(images, labels)`` of a held-out set, ``batch_size`` at a time on ``device`` (labels
+    None when the set has none), with a progress bar on a terminal: the one pass the test-split
+    metrics (likelihood, accuracy, anomaly scores) make over their images."""
+    with tqdm(
+        total=len(images),
+        desc=desc,
+        unit="img",
+        leave=False,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    ) as bar:
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            y = None if labels is None else labels[start : start + batch_size].to(device)
+            yield x, y
+            bar.update(len(x))
+
+
 @dataclass
 class HeldOut:
     """The test images a model's likelihood is measured on; read when first needed, so an
@@ -123,20 +149,8 @@ def measure(
     device = torch.device(device)
     generator = torch.Generator().manual_seed(held.seed)
     total = torch.zeros((), dtype=torch.float64)
-    with (
-        tqdm(
-            total=len(images),
-            desc="likelihood",
-            unit="img",
-            leave=False,
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        ) as bar,
-        torch.no_grad(),
-    ):
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device)
-            y = None if labels is None else labels[start : start + batch_size].to(device)
+    with torch.no_grad():
+        for x, y in in_batches(images, labels, batch_size, device, "likelihood", progress):
             nll = held.model.nll(x, y, generator)
             if not isinstance(nll, Tensor) or nll.shape != (len(x),):
                 got = tuple(nll.shape) if isinstance(nll, Tensor) else type(nll).__name__
@@ -144,7 +158,6 @@ def measure(
                     f"sampler.nll must return one value per image ({len(x)}), got {got}"
                 )
             total += nll.detach().double().sum().cpu()
-            bar.update(len(x))
     mean = float(total) / len(images)
     if not math.isfinite(mean):
         raise RuntimeError(f"the model's negative log-likelihood is not finite ({mean})")
