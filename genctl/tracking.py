@@ -121,6 +121,7 @@ def local_path(artifact_uri: str) -> Path | None:
 DEFAULT_RETRY_SECONDS = 600.0  # tracking.retry_seconds: how long a store that is away is waited for
 MAX_BACKOFF = 5.0  # seconds between tries while the store is away: it is noticed back within this
 NOT_UPLOADED_TAG = "genctl.not_uploaded"  # artifacts the store never got, with their local paths
+FAILURE_TAG = "genctl.failure"  # why a run failed; gone once a resume of it finishes
 
 
 def staging_root() -> Path:
@@ -247,6 +248,8 @@ class Tracker:
         # Another process still at work on the run (a training `genctl evaluate` logs to) owns
         # its staging folder; a run resumed after it stopped sends what it left there.
         leftovers = run_id is not None and run.info.status != "RUNNING"
+        # a failed run resumed: once it finishes, its failure tag no longer says what it is
+        self._failed_before = run_id is not None and FAILURE_TAG in run.data.tags
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
@@ -597,6 +600,9 @@ class Tracker:
                 except Exception as exc:
                     if not _permanent(exc):
                         raise
+            if status == "FINISHED" and self._failed_before:
+                with contextlib.suppress(Exception):  # already gone: nothing to clear
+                    self._client.delete_tag(self.run_id, FAILURE_TAG)
             self._client.set_terminated(self.run_id, status=status)
 
         away = self._metric_outage.expired or self._upload_outage.expired

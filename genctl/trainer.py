@@ -31,6 +31,7 @@ from genctl.errors import BadInput, GenctlError, RunFailure
 from genctl.interrupts import Interrupted
 from genctl.recipe import OptimizerConfig, Recipe, TrainConfig, flatten, validate
 from genctl.spec import DataInfo
+from genctl.tracking import FAILURE_TAG  # set on a failed run: why it failed
 
 
 @dataclass
@@ -39,9 +40,6 @@ class TrainResult:
     step: int
     interrupted: bool
     metrics: dict[str, float]
-
-
-FAILURE_TAG = "genctl.failure"  # set on a failed run: why it failed
 
 
 class Diverged(RunFailure):

@@ -96,6 +96,7 @@ def test_diverged_run_stops_failed_and_keeps_its_last_finite_checkpoint(
     resumed = train(_recipe("train.optimizer.lr=1e-4"), resume=run.run_id, progress=False)
     assert resumed.run_id == run.run_id and resumed.step == 20
     assert get_run(run.run_id).status == "FINISHED"
+    assert FAILURE_TAG not in get_run(run.run_id).tags  # the run no longer says it failed
     assert _all_finite(_weights(art / checkpoint.FINAL))
     last = checkpoint.load(art / checkpoint.LAST)
     assert last["optimizers"]["g"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
