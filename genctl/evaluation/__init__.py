@@ -151,8 +151,7 @@ def evaluate(
     if "auroc" in wanted and source.anomaly is None:
         raise BadInput(
             "auroc: this model gives no anomaly scores of images",
-            "auroc applies to models whose sampler has anomaly_scores() (autoencoder, vae; see "
-            "docs/plugins.md).",
+            "auroc applies to models whose sampler has anomaly_scores() (see docs/plugins.md).",
         )
     if "accuracy" in wanted and source.classifier is None:
         raise BadInput(
@@ -547,32 +546,37 @@ def check_ready(recipe: Any) -> None:
         fidelity.resolve_weights(cfg.feature_extractor_weights)
 
 
-def _check_likelihood(recipe: Any) -> None:
+def _check_capability(recipe: Any, has: Callable[[Any], bool], message: str, hint: str) -> None:
+    """A test-split metric needs a sampler with a capability (``has``): bad input before training
+    when the sampler's class lacks it. A sampler made by a function is known only once built;
+    :func:`evaluate` checks it then."""
     spec = recipe.spec
-    has_nll = not isinstance(spec.sampler, type) or all(
-        callable(getattr(spec.sampler, m, None)) for m in ("nll", "nll_protocol")
-    )  # a sampler made by a function is known only once built: evaluate() checks it then
-    if spec.task not in ("unconditional", "conditional") or not has_nll:
-        raise BadInput(
-            f"evaluate.metrics: nll is the likelihood of test images under the model; "
-            f"{recipe.plugin} reports none",
-            "Use fid, kid, isc or prc for it (nll applies to likelihood models, whose sampler "
-            "has nll(); see docs/plugins.md).",
-        )
+    known = not isinstance(spec.sampler, type) or has(spec.sampler)
+    if spec.task not in ("unconditional", "conditional") or not known:
+        raise BadInput(message, hint)
+
+
+def _check_likelihood(recipe: Any) -> None:
+    _check_capability(
+        recipe,
+        lambda s: all(callable(getattr(s, m, None)) for m in ("nll", "nll_protocol")),
+        f"evaluate.metrics: nll is the likelihood of test images under the model; "
+        f"{recipe.plugin} reports none",
+        "Use fid, kid, isc or prc for it (nll applies to likelihood models, whose sampler "
+        "has nll(); see docs/plugins.md).",
+    )
 
 
 def _check_anomaly(recipe: Any) -> None:
     from genctl.evaluation.anomaly import supports
 
-    spec = recipe.spec
-    known = not isinstance(spec.sampler, type) or supports(spec.sampler)
-    if spec.task not in ("unconditional", "conditional") or not known:
-        raise BadInput(
-            f"evaluate.metrics: auroc ranks images by the model's anomaly scores; {recipe.plugin} "
-            "gives none",
-            "auroc applies to models whose sampler has anomaly_scores() (autoencoder, vae; see "
-            "docs/plugins.md).",
-        )
+    _check_capability(
+        recipe,
+        supports,
+        f"evaluate.metrics: auroc ranks images by the model's anomaly scores; {recipe.plugin} "
+        "gives none",
+        "auroc applies to models whose sampler has anomaly_scores() (see docs/plugins.md).",
+    )
     if not recipe.evaluate.anomaly_classes:
         raise BadInput(
             "evaluate.metrics: auroc needs evaluate.anomaly_classes, the classes that are anomalies",
@@ -584,14 +588,13 @@ def _check_anomaly(recipe: Any) -> None:
 def _check_classifier(recipe: Any) -> None:
     from genctl.classifiers import is_classifier
 
-    spec = recipe.spec
-    known = not isinstance(spec.sampler, type) or is_classifier(spec.sampler)
-    if spec.task not in ("unconditional", "conditional") or not known:
-        raise BadInput(
-            f"evaluate.metrics: accuracy scores a classifier; {recipe.plugin} does not classify",
-            "accuracy applies to classifiers (the classifier family, or a model whose sampler "
-            "has classify() and features()); use fid, kid, isc or prc here.",
-        )
+    _check_capability(
+        recipe,
+        is_classifier,
+        f"evaluate.metrics: accuracy scores a classifier; {recipe.plugin} does not classify",
+        "accuracy applies to classifiers (the classifier family, or a model whose sampler "
+        "has classify() and features()); use fid, kid, isc or prc here.",
+    )
 
 
 def evaluate_in_training(

@@ -6,7 +6,7 @@ import torch
 from pydantic import AliasChoices, Field
 from torch import Tensor, nn
 
-from genctl.spec import DataInfo, Schema, labels_to_draw
+from genctl.spec import DataInfo, Schema, labels_to_draw, noise
 
 
 class DCGANSamplerOptions(Schema):
@@ -33,12 +33,10 @@ def draw_noise(
 ) -> Tensor:
     """Standard normal noise, truncated by inverting the CDF (one draw, no rejection loop).
     A list of ``n`` generators: row i is the first draw of generator i."""
-    if isinstance(generator, list):
-        return torch.cat([draw_noise(1, dim, g, truncation) for g in generator])
     if truncation is None:
-        return torch.randn(n, dim, generator=generator)
+        return noise("randn", (n, dim), generator)
     low = torch.special.ndtr(torch.tensor(-truncation, dtype=torch.float64))
-    u = torch.rand(n, dim, generator=generator, dtype=torch.float64)
+    u = noise("rand", (n, dim), generator, torch.float64)
     return torch.special.ndtri(low + u * (1 - 2 * low)).float()
 
 

@@ -14,15 +14,10 @@ from tqdm.auto import tqdm
 
 from genctl.errors import BadInput
 from genctl.spec import DataInfo, Schema
+from genctl.spec import noise as draw_noise
 from genctl_ddpm.config import DDPMConfig
 from genctl_ddpm.guidance import GuideFn, guidance_registry
-from genctl_ddpm.scheduler import (
-    DDIMScheduler,
-    Spacing,
-    make_schedule,
-    make_scheduler,
-    randn,
-)
+from genctl_ddpm.scheduler import DDIMScheduler, Spacing, make_schedule, make_scheduler
 
 
 class DDPMSampleOptions(Schema):
@@ -91,7 +86,7 @@ class DiffusionSampler:
         timesteps = scheduler.timesteps.tolist()
         device = self.device
         shape = (n, self.info.channels, self.info.image_size, self.info.image_size)
-        noise = randn(shape, generator, device)
+        noise = draw_noise("randn", shape, generator).to(device)
         if inputs is None:
             x = noise
         else:  # img2img: noise the inputs to step ~strength*T, then denoise from there

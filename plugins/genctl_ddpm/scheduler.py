@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from genctl.spec import noise
+
 if TYPE_CHECKING:
     from genctl_ddpm.config import DDPMConfig
 
@@ -127,25 +129,11 @@ class StepOutput:
 Generators = torch.Generator | list[torch.Generator] | None
 
 
-def randn(
-    shape: tuple[int, ...],
-    generator: Generators,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Gaussian noise drawn on the generator's device (CPU), then moved: same seed, same noise.
-    A list of generators draws row i from generator i, so an image does not depend on the
-    others it is sampled with (``genctl sample`` gives one generator per image)."""
-    if isinstance(generator, list | tuple):
-        if len(generator) != shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-        return torch.cat([randn((1, *shape[1:]), g, device, dtype) for g in generator])
-    where = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
-
-
 def _noise_like(x: Tensor, generator: Generators) -> Tensor:
-    return randn(tuple(x.shape), generator, x.device, x.dtype)
+    """Gaussian noise drawn on the CPU generator, then moved: same seed, same noise. A list of
+    generators draws row i from generator i (genctl gives one per image), so an image does not
+    depend on the others it is sampled with."""
+    return noise("randn", tuple(x.shape), generator, x.dtype).to(x.device)
 
 
 class _Scheduler:
