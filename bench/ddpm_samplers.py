@@ -39,7 +39,8 @@ from scipy import linalg
 
 from genctl import checkpoint
 from genctl.data.standard import load_mnist
-from genctl.sampling import find_checkpoint, load_model, parse_options
+from genctl.resolve import find_checkpoint, load_model
+from genctl.sampling import parse_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_KEYS = ("weights", "clipped_eps", "clip")

@@ -129,7 +129,7 @@ def _spec(name: str):
 
 
 def check_family(name: str, args, root: Path) -> dict:
-    from genctl.sampling import find_checkpoint, load_model
+    from genctl.resolve import find_checkpoint, load_model
     from genctl.trainer import train
 
     extra = (tiny_overrides().get(name, []) if args.tiny else []) + FULL_OVERRIDES.get(name, [])
@@ -253,7 +253,7 @@ def fid_throughput(args, root: Path) -> dict:
     from genctl.data import load_dataset
     from genctl.evaluation import ImageSource, evaluate
     from genctl.evaluation.fidelity import write_standin_weights
-    from genctl.sampling import find_checkpoint, load_model
+    from genctl.resolve import find_checkpoint, load_model
 
     n = 32 if args.tiny else args.fid_samples
     recipe = family_recipe("dcgan", args, root, tiny_overrides()["dcgan"] if args.tiny else [])

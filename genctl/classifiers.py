@@ -39,7 +39,7 @@ class Classifier:
     """A trained classifier loaded from a run or a checkpoint file."""
 
     ref: str  # what the user gave: a run id or a path
-    model: Any  # genctl.sampling.LoadedModel
+    model: Any  # genctl.resolve.LoadedModel
     sha256: str  # of the networks' weights: what the features depend on
 
     @property
@@ -99,7 +99,7 @@ def load_classifier(ref: str, device: torch.device | str = "cpu") -> Classifier:
 
 @lru_cache(maxsize=4)
 def _load(ref: str, device: str, stamp: int) -> Classifier:
-    from genctl.sampling import find_checkpoint, load_model
+    from genctl.resolve import find_checkpoint, load_model
 
     path = find_checkpoint(run=ref)  # a run's final model (else its last checkpoint), or a file
     model = load_model(path, torch.device(device))

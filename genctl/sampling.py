@@ -1,137 +1,21 @@
-"""Sampling: rebuild a trained model from a run or checkpoint, validate sampler options, write images."""
+"""Sampling: validate sampler options, read input images, write images and grids.
+
+Finding and rebuilding a trained model is :mod:`genctl.resolve`'s.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
-from torch import nn
 
-from genctl import checkpoint
 from genctl.errors import BadInput
 from genctl.spec import DataInfo, ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-
-
-@dataclass
-class LoadedModel:
-    spec: ModelSpec
-    config: BaseModel
-    info: DataInfo
-    nets: dict[str, nn.Module]  # EMA networks replace their sources: samplers see the averages
-    sampler: Any
-    step: int
-    run_id: str | None
-    recipe: dict[str, Any]
-    source: str  # the checkpoint file it came from
-
-
-def find_checkpoint(
-    *,
-    run: str | None = None,
-    path: str | None = None,
-    plugin: str | None = None,
-    step: int | None = None,
-) -> Path:
-    """The checkpoint to sample from: a file, a run's final model, or the newest finished run of
-    a plugin; with ``step``, the run's checkpoint of that step (train.keep_checkpoints)."""
-    from genctl.trainer import resolve_checkpoint
-
-    if path:
-        if step is not None:
-            raise BadInput(
-                "--step picks one of a run's kept checkpoints: give --run RUN_ID, not --checkpoint",
-                "A checkpoint file is one step already.",
-            )
-        return resolve_checkpoint(path)
-    if not run:
-        from genctl.plugins import get_spec
-        from genctl.tracking import resolve_uri, search_runs
-
-        get_spec(plugin)  # unknown plugin: bad input listing the installed ones
-        runs = search_runs(plugin=plugin, status="FINISHED", limit=1)
-        if not runs:
-            raise BadInput(
-                f"no finished {plugin} run in the tracking store {resolve_uri()}",
-                f"Train one first (genctl train recipes/{plugin}.yaml), or pass --run / --checkpoint.",
-            )
-        run = runs[0].run_id
-    if step is not None:
-        return step_checkpoint_of(run, step)
-    return resolve_checkpoint(run, (checkpoint.FINAL, checkpoint.LAST))
-
-
-def step_checkpoint_of(run_id: str, step: int) -> Path:
-    """The checkpoint of ``step`` that run ``run_id`` kept; bad input naming the kept steps if none."""
-    from genctl.tracking import download, get_run, local_path
-    from genctl.trainer import step_checkpoint
-
-    run = get_run(run_id)
-    found = download(run, step_checkpoint(step))
-    if found is not None:
-        return found
-    local = local_path(run.artifact_uri)
-    names = (local / "checkpoints").glob("step-*.pt") if local is not None else ()
-    kept = sorted(int(p.stem[5:]) for p in names if p.stem[5:].isdigit())
-    raise BadInput(
-        f"run {run_id} kept no checkpoint of step {step}"
-        + (f"; it kept steps {', '.join(map(str, kept))}" if kept else ""),
-        "Training keeps older checkpoints with train.keep_checkpoints: N (the newest N) and "
-        "train.keep_every: K (every K steps); without --step, genctl samples the final model.",
-    )
-
-
-def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """Rebuild the networks and the sampler stored in checkpoint ``path``."""
-    from genctl.plugins import get_spec
-    from genctl.trainer import _load_nets
-
-    ckpt = checkpoint.load(path)
-    for key in ("plugin", "recipe", "data_info", "nets"):
-        if key not in ckpt:
-            raise BadInput(
-                f"{path} is a genctl checkpoint without {key!r}; it cannot be sampled from"
-            )
-    spec = get_spec(ckpt["plugin"])
-    try:
-        config = spec.config.model_validate(ckpt["recipe"].get("model", {}))
-    except ValidationError as exc:
-        raise BadInput(
-            f"{path}: its model settings no longer validate with the installed {spec.name} plugin "
-            f"{spec.version}: {exc.errors()[0]['msg']}"
-        ) from None
-    info = DataInfo(
-        **{**ckpt["data_info"], "class_names": tuple(ckpt["data_info"].get("class_names", ()))}
-    )
-    nets = spec.build(config, info)
-    _load_nets(nets, ckpt["nets"], str(path))
-    for name, state in ckpt.get("ema", {}).items():
-        src = name[: -len("_ema")]
-        if src in nets:
-            nets[src].load_state_dict(state)
-    for net in nets.values():
-        net.to(device).eval().requires_grad_(False)
-    ema_view = {
-        **nets,
-        **{f"{k}_ema": v for k, v in nets.items() if f"{k}_ema" in ckpt.get("ema", {})},
-    }
-    sampler = spec.sampler(config, ema_view, info)
-    return LoadedModel(
-        spec,
-        config,
-        info,
-        nets,
-        sampler,
-        ckpt["step"],
-        ckpt.get("run_id"),
-        ckpt["recipe"],
-        str(path),
-    )
 
 
 def parse_options(spec: ModelSpec, pairs: list[str]) -> BaseModel:

@@ -29,7 +29,8 @@ from genctl import checkpoint, interrupts
 from genctl.ema import BatchNormRefresh, make_ema, update_ema
 from genctl.errors import BadInput, GenctlError, RunFailure
 from genctl.interrupts import Interrupted
-from genctl.recipe import OptimizerConfig, Recipe, TrainConfig, flatten, validate
+from genctl.recipe import OptimizerConfig, Recipe, TrainConfig, flatten
+from genctl.resolve import init_from, load_nets, resolve_checkpoint, step_checkpoint
 from genctl.spec import DataInfo
 from genctl.tracking import FAILURE_TAG  # set on a failed run: why it failed
 
@@ -109,7 +110,7 @@ def _train(
     for net in nets.values():
         net.to(device)
     if cfg.init_from and ckpt is None:
-        _init_from(nets, cfg.init_from)
+        init_from(nets, cfg.init_from)
     dist.broadcast(nets)
     ema = _make_ema(nets, cfg)
     ema_norms = BatchNormRefresh(ema, nets)  # EMA batch-norm statistics: those of its weights
@@ -640,11 +641,6 @@ def _write_checkpoint(tracker, artifact: str, payload, step: int, previous: int 
         ) from None
 
 
-def step_checkpoint(step: int) -> str:
-    """The artifact path of the checkpoint of ``step`` kept by train.keep_checkpoints/keep_every."""
-    return f"checkpoints/step-{step:06d}.pt"
-
-
 def _retain(tracker, cfg: TrainConfig, payload, step: int) -> None:
     """Keep the checkpoint of ``step`` beside last.pt (``checkpoints/step-000123.pt``) when
     ``train.keep_checkpoints`` or ``train.keep_every`` asks, then delete the step checkpoints
@@ -779,8 +775,8 @@ def _final(recipe, spec, info, step, run_id, nets, ema):
 
 
 def _restore(ckpt, nets, ema, optimizers, objective, loader) -> None:
-    _load_nets(nets, ckpt["nets"], "checkpoint")
-    _load_nets(ema, ckpt.get("ema", {}), "checkpoint (EMA)")
+    load_nets(nets, ckpt["nets"], "checkpoint")
+    load_nets(ema, ckpt.get("ema", {}), "checkpoint (EMA)")
     for k, opt in optimizers.items():
         hyper = [{h: v for h, v in pg.items() if h != "params"} for pg in opt.param_groups]
         opt.load_state_dict(ckpt["optimizers"][k])
@@ -791,61 +787,6 @@ def _restore(ckpt, nets, ema, optimizers, objective, loader) -> None:
             pg.update(h)
     objective.load_state_dict(ckpt["objective"])
     loader.load_state_dict(ckpt["data"])
-
-
-def _load_nets(nets: dict[str, nn.Module], states: dict[str, Any], what: str) -> None:
-    for name, net in nets.items():
-        if name not in states:
-            raise BadInput(
-                f"the {what} has no weights for network {name!r} (it has {list(states)})"
-            )
-        try:
-            net.load_state_dict(states[name])
-        except RuntimeError as exc:
-            raise BadInput(
-                f"the {what}'s weights for {name!r} do not fit this model: {str(exc).splitlines()[0]}",
-                "The recipe's model: or data: settings differ from the run that wrote it.",
-            ) from None
-
-
-def resolve_checkpoint(ref: str, prefer: tuple[str, ...] = (checkpoint.LAST,)) -> Path:
-    """A checkpoint path from a path or a RUN_ID (its first existing artifact of ``prefer``)."""
-    p = Path(ref)
-    if p.suffix == ".pt" or p.exists():
-        if not p.is_file():
-            raise BadInput(
-                f"checkpoint {ref!r} not found", "Give a .pt file or a run id (`genctl runs list`)."
-            )
-        return p
-    from genctl.tracking import download, get_run
-
-    run = get_run(ref)
-    for artifact in prefer:
-        path = download(run, artifact)
-        if path is not None:
-            return path
-    raise BadInput(
-        f"run {ref} has no checkpoint ({' or '.join(prefer)})",
-        "It may have failed before its first checkpoint; train it again.",
-    )
-
-
-def load_resume_recipe(ref: str, overrides: list[str]) -> tuple[Recipe, str]:
-    """The recipe stored in the checkpoint of ``ref``, with ``overrides`` applied."""
-    from genctl.recipe import apply_overrides
-
-    path = resolve_checkpoint(ref)
-    ckpt = checkpoint.load(path)
-    return validate(apply_overrides(ckpt["recipe"], overrides), str(path)), str(path)
-
-
-def _init_from(nets: dict[str, nn.Module], ref: str) -> None:
-    """Fine-tuning: start from a trained model's weights (EMA weights where it has them)."""
-    ckpt = checkpoint.load(resolve_checkpoint(ref, (checkpoint.FINAL, checkpoint.LAST)))
-    states = dict(ckpt["nets"])
-    for k, v in ckpt.get("ema", {}).items():
-        states[k[: -len("_ema")]] = v
-    _load_nets(nets, states, f"init_from {ref}")
 
 
 # ---------------------------------------------------------------- torchrun / DDP

@@ -161,7 +161,8 @@ def test_a_third_party_gan_with_the_two_methods_passes_the_kit_and_steers():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, _empty_mlflow_db):
     """A tiny DCGAN and a tiny classifier of 16 px shapes, trained by `genctl train`'s trainer."""
-    from genctl.trainer import resolve_checkpoint, train
+    from genctl.resolve import resolve_checkpoint
+    from genctl.trainer import train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("steer")

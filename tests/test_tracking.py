@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from genctl import checkpoint
 from genctl.cli import app
 from genctl.recipe import apply_overrides, validate
-from genctl.sampling import find_checkpoint, load_model
+from genctl.resolve import find_checkpoint, load_model
 from genctl.tracking import Tracker, client, get_run, resolve_uri
 from genctl.trainer import train
 from tests import toy

@@ -99,7 +99,7 @@ def evaluate_command(
     from genctl.evaluation import evaluate, parse_metrics, source_for
     from genctl.evaluation.sources import evaluation_options
     from genctl.recipe import validate
-    from genctl.sampling import find_checkpoint, load_model
+    from genctl.resolve import find_checkpoint, load_model
     from genctl.trainer import _pick_device
 
     if (run is None) == (checkpoint is None):

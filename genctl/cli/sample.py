@@ -99,13 +99,12 @@ def sample_command(
     """
     import torch
 
+    from genctl.resolve import find_checkpoint, load_model
     from genctl.sampling import (
         IMAGE_SUFFIXES,
         Progress,
         check_grid,
         default_batch_size,
-        find_checkpoint,
-        load_model,
         parse_options,
         read_inputs,
         save_images,

@@ -52,7 +52,8 @@ def score_command(
     import torch
 
     from genctl.evaluation.anomaly import score_images, supports
-    from genctl.sampling import find_checkpoint, load_model, parse_options, read_inputs
+    from genctl.resolve import find_checkpoint, load_model
+    from genctl.sampling import parse_options, read_inputs
     from genctl.trainer import _pick_device
 
     if sum(x is not None for x in (plugin, run, checkpoint)) != 1:

@@ -70,7 +70,8 @@ def steer_command(
     import torch
 
     from genctl.classifiers import load_classifier
-    from genctl.sampling import IMAGE_SUFFIXES, find_checkpoint, load_model, save_images
+    from genctl.resolve import find_checkpoint, load_model
+    from genctl.sampling import IMAGE_SUFFIXES, save_images
     from genctl.steering import grid, require_latent, steer, target_log_prob
     from genctl.trainer import _pick_device
 

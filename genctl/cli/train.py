@@ -36,7 +36,8 @@ def train_command(
     genctl train --resume RUN_ID            continue an interrupted run
     """
     from genctl import recipe as recipes
-    from genctl.trainer import load_resume_recipe, train
+    from genctl.resolve import load_resume_recipe
+    from genctl.trainer import train
 
     overrides = list(overrides or [])
     if recipe is not None and ("=" in recipe or recipe.startswith("~")):

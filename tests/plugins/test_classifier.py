@@ -41,8 +41,9 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, _empty_mlflow_db):
     """A classifier of 16 px shapes trained with `genctl train`'s trainer: its run, store, file."""
+    from genctl.resolve import resolve_checkpoint
     from genctl.tracking import get_run
-    from genctl.trainer import resolve_checkpoint, train
+    from genctl.trainer import train
 
     root = tmp_path_factory.mktemp("classifier-run")
     shutil.copyfile(_empty_mlflow_db, root / "mlflow.db")

@@ -391,7 +391,7 @@ def _mean_image_gap(images: torch.Tensor, real_mean: torch.Tensor) -> float:
 def test_a_few_dozen_steps_on_mnist_pull_samples_towards_the_digits(workdir, shared_data):
     from genctl.data import load_dataset
     from genctl.recipe import load, recipes_dir
-    from genctl.sampling import find_checkpoint, load_model
+    from genctl.resolve import find_checkpoint, load_model
     from genctl.trainer import train
 
     recipe = load(
