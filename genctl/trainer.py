@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -26,6 +25,8 @@ from torch import nn
 
 import genctl
 from genctl import checkpoint, interrupts
+from genctl.distributed import Distributed
+from genctl.distributed import pick_device as _pick_device  # noqa: F401 (the CLIs import it)
 from genctl.ema import BatchNormRefresh, make_ema, update_ema
 from genctl.errors import BadInput, GenctlError, RunFailure
 from genctl.interrupts import Interrupted
@@ -78,7 +79,7 @@ def _train(
     from genctl.data import Loader, load_dataset
 
     cfg = recipe.train
-    dist = _Distributed.from_env(cfg.device)
+    dist = Distributed.from_env(cfg.device)  # torchrun: this rank's device and process group
     device = dist.device
     resume_path = resolve_checkpoint(resume) if resume else None
     ckpt = checkpoint.load(resume_path) if resume_path else None
@@ -123,6 +124,7 @@ def _train(
         g: _make_optimizer(cfg, g, nets, names, objective) for g, names in objective.groups.items()
     }
     group_params = {g: opt.param_groups[0]["params"] for g, opt in optimizers.items()}
+    dist.watch(group_params)  # torchrun: gradients averaged in buckets during the backward
     sampler = spec.sampler(config, {**nets, **ema}, info)
     step = 0
     run_id = None
@@ -230,10 +232,11 @@ def _train(
                     p.grad = None
                 # train.accumulate K: K batches, each loss divided by K, then one update: the
                 # gradient of a K-times larger batch, as losses are means over their batch.
+                # Under torchrun the last backward averages the gradients across ranks.
+                sync = dist.reducing(group)
                 loss, logs = _backward_accumulated(
-                    objective, group, loader, step, cfg.accumulate, autocast, scaler
+                    objective, group, loader, step, cfg.accumulate, autocast, scaler, sync
                 )
-                dist.all_reduce_grads(params)
                 if cfg.grad_clip:
                     scaler.unscale_(optimizers[group])
                     nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -333,19 +336,26 @@ def _train(
 # ---------------------------------------------------------------- setup helpers
 
 
-def _backward_accumulated(objective, group: str, loader, step: int, k: int, autocast, scaler):
+def _backward_accumulated(
+    objective, group: str, loader, step: int, k: int, autocast, scaler, sync=None
+):
     """Backward through ``k`` batches of ``group``'s loss, each scaled by 1/k (gradients add up
-    in ``.grad``); returns the mean loss and the mean of each logged value."""
+    in ``.grad``); returns the mean loss and the mean of each logged value. ``sync`` (a context,
+    :meth:`Distributed.reducing`) holds the last backward alone: the ranks exchange gradients
+    once per update, never for the micro-batches before it."""
+    sync = sync if sync is not None else nullcontext()
     if k == 1:
-        with autocast:
-            loss, logs = objective.loss(group, loader.next(), step)
-        scaler.scale(loss).backward()
+        with sync:
+            with autocast:
+                loss, logs = objective.loss(group, loader.next(), step)
+            scaler.scale(loss).backward()
         return loss, logs
     total, sums = None, {}
-    for _ in range(k):
-        with autocast:
-            loss, logs = objective.loss(group, loader.next(), step)
-        scaler.scale(loss / k).backward()
+    for i in range(k):
+        with sync if i == k - 1 else nullcontext():
+            with autocast:
+                loss, logs = objective.loss(group, loader.next(), step)
+            scaler.scale(loss / k).backward()
         part = loss.detach().float() / k
         total = part if total is None else total + part
         for name, value in logs.items():
@@ -787,87 +797,3 @@ def _restore(ckpt, nets, ema, optimizers, objective, loader) -> None:
             pg.update(h)
     objective.load_state_dict(ckpt["objective"])
     loader.load_state_dict(ckpt["data"])
-
-
-# ---------------------------------------------------------------- torchrun / DDP
-
-
-class _Distributed:
-    """Data-parallel training under ``torchrun``: gradients averaged across ranks, rank 0 records."""
-
-    def __init__(self, rank: int, world: int, device: torch.device):
-        self.rank, self.world, self.device = rank, world, device
-
-    @classmethod
-    def from_env(cls, device_setting: str) -> _Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = _pick_device(device_setting, local)
-        if world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(rank, world, device)
-
-    def broadcast(self, nets: dict[str, nn.Module]) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for net in nets.values():
-            for t in list(net.parameters()) + list(net.buffers()):
-                dist.broadcast(t.data, src=0)
-
-    def all_reduce_grads(self, params: list[torch.Tensor]) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for p, g in zip(params, grads, strict=True):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(p)
-            offset += n
-
-    def any(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any rank (one tiny all-reduce under torchrun)."""
-        if self.world == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def _pick_device(setting: str, local_rank: int = 0) -> torch.device:
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise BadInput(
-            f"train.device: {setting!r} is not a device", "Use auto, cpu, cuda, cuda:N or mps."
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(
-            "train.device is cuda but no CUDA GPU is available", "Use train.device=auto or cpu."
-        )
-    return device
