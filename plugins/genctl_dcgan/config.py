@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from genctl.augment import DiffAugmentPolicy
 from genctl.spec import Schema
 
 Loss = Literal["bce", "wgan", "wgan-gp"]
@@ -25,6 +26,9 @@ class DCGANConfig(Schema):
     gp_weight: float = Field(10.0, ge=0)  # wgan-gp: lambda of the gradient penalty
     d_norm: Norm | None = None  # default batch; layer for wgan-gp (batch norm breaks the penalty)
     conditional: bool = False  # cGAN: condition both networks on the class label
+    # DiffAugment (genctl/augment.py): e.g. "color,translation,cutout", applied to real and fake
+    # images before the discriminator in both updates; "" (off) by default
+    diffaugment: DiffAugmentPolicy = ""
 
     @field_validator("d_norm")
     @classmethod

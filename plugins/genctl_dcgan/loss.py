@@ -7,6 +7,10 @@
   update, and it takes ``n_critic`` steps per generator step.
 * ``wgan-gp``: WGAN with gradient penalty (Gulrajani et al. 2017): instead of clipping,
   lambda * (||grad D(x_hat)|| - 1)^2 on random mixes x_hat of real and fake images.
+
+``model.diffaugment`` (DiffAugment, :mod:`genctl.augment`): every image the discriminator sees,
+real or fake, in either update, goes through the same random differentiable transformations
+first; WGAN-GP's mixes are of the augmented images, which are what the critic is trained on.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genctl.augment import diff_augment, parse_policy
 from genctl.spec import DataInfo, penalty_gradients
 
 
@@ -29,6 +34,7 @@ class DCGANObjective:
         self.generator = nets["generator"]
         self.discriminator = nets["discriminator"]
         self.conditional = config.conditional
+        self.augment = parse_policy(config.diffaugment)  # () when off
         # WGAN's critic must be inside the clipping box from its first update on: the paper
         # clips after every update, and freshly initialised weights (batch-norm scales of 1) are
         # far outside [-c, c], so the first critic step would otherwise see an unclipped critic.
@@ -36,6 +42,10 @@ class DCGANObjective:
 
     def schedule(self, step: int) -> list[str]:
         return ["d"] * self.config.n_critic + ["g"]
+
+    def _seen(self, images: Tensor) -> Tensor:
+        """What the discriminator sees of real or fake ``images``: DiffAugment's when on."""
+        return diff_augment(images, self.augment) if self.augment else images
 
     def _fake(self, real: Tensor, labels: Tensor | None) -> Tensor:
         z = torch.randn(real.shape[0], self.config.latent_dim, device=real.device)
@@ -49,7 +59,7 @@ class DCGANObjective:
         if group == "g":
             self.discriminator.requires_grad_(False)  # only G steps: skip D's weight gradients
             try:
-                score = self.discriminator(self._fake(real, labels), labels)
+                score = self.discriminator(self._seen(self._fake(real, labels)), labels)
             finally:
                 self.discriminator.requires_grad_(True)
             if self.config.loss == "bce":
@@ -58,6 +68,7 @@ class DCGANObjective:
 
         with torch.no_grad():
             fake = self._fake(real, labels)
+        real, fake = self._seen(real), self._seen(fake)
         real_score = self.discriminator(real, labels)
         fake_score = self.discriminator(fake, labels)
         if self.config.loss == "bce":

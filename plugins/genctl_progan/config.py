@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from genctl.augment import DiffAugmentPolicy
 from genctl.spec import Schema
 
 
@@ -23,6 +24,9 @@ class ProGANConfig(Schema):
     gp_weight: float = Field(10.0, ge=0)  # lambda of the WGAN-GP gradient penalty
     drift_weight: float = Field(0.001, ge=0)  # epsilon_drift: keeps the critic's output near 0
     mbstd_group: int = Field(4, gt=0)  # images per minibatch-stddev group
+    # DiffAugment (genctl/augment.py): e.g. "color,translation,cutout", applied to real and fake
+    # images before the discriminator in both updates; at the current resolution; "" (off) by default
+    diffaugment: DiffAugmentPolicy = ""
 
     @model_validator(mode="after")
     def _power_of_two_start(self) -> ProGANConfig:

@@ -4,6 +4,10 @@ The growth stage (which resolution, how far the newest block has faded in) is a 
 training step and the config's ``stable_steps``/``fade_steps``; the objective keeps it as its
 state and writes it into the generator's buffers, so a checkpoint's weights and objective state
 both say which stage they were trained at.
+
+``model.diffaugment`` (DiffAugment, :mod:`genctl.augment`): the images the critic sees, real and
+fake, in both updates, go through the same random differentiable transformations first, at the
+stage's resolution; the gradient penalty mixes the augmented images the critic is trained on.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from genctl.augment import diff_augment, parse_policy
 from genctl.errors import BadInput
 from genctl.spec import DataInfo, penalty_gradients
 from genctl_progan.config import ProGANConfig
@@ -111,6 +116,7 @@ class ProGANObjective:
             config.fade_steps,
         )
         self.phase, self.depth, self.alpha = self.growth.at(0)
+        self.augment = parse_policy(config.diffaugment)  # () when off
         self.generator.set_stage(self.depth, self.alpha)
 
     # ------------------------------------------------------------ the growth stage
@@ -141,6 +147,11 @@ class ProGANObjective:
         self.set_step(step)
         return ["d"] * self.config.n_critic + ["g"]
 
+    def _seen(self, images: torch.Tensor) -> torch.Tensor:
+        """What the critic sees of real or fake ``images`` (at the stage's resolution):
+        DiffAugment's when ``model.diffaugment`` is on."""
+        return diff_augment(images, self.augment) if self.augment else images
+
     def _fake(self, n: int, device: torch.device) -> torch.Tensor:
         z = torch.randn(n, self.generator.latent_dim, device=device)
         return self.generator(z, self.depth, self.alpha)
@@ -157,6 +168,7 @@ class ProGANObjective:
         if group == "d":
             with torch.no_grad():
                 fake = self._fake(len(real), real.device)
+            real, fake = self._seen(real), self._seen(fake)  # the penalty mixes these
             d_real = self.critic(real, **stage)
             d_fake = self.critic(fake, **stage)
             gp = gradient_penalty(self.critic, real, fake, self.grad_scaler, **stage)
@@ -174,7 +186,7 @@ class ProGANObjective:
                 "gp": gp.detach(),
             }
             return loss, logs
-        d_fake = self.critic(self._fake(len(real), real.device), **stage)
+        d_fake = self.critic(self._seen(self._fake(len(real), real.device)), **stage)
         return -d_fake.mean(), logs | {"d_fake": d_fake.mean().detach()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from genctl.augment import DiffAugmentPolicy
 from genctl.spec import Schema
 
 
@@ -20,3 +21,7 @@ class StyleGANConfig(Schema):
     r1_gamma: float = Field(10.0, ge=0)  # weight of the R1 penalty on real images (gamma / 2 * R1)
     r1_every: int = Field(1, gt=0)  # lazy R1 (StyleGAN2): every N critic steps, scaled by N
     mbstd_group: int = Field(4, gt=0)  # images per minibatch-stddev group in the discriminator
+    # DiffAugment (genctl/augment.py): e.g. "color,translation,cutout", applied to real and fake
+    # images before the discriminator in both updates (R1 differentiates through it, at the
+    # un-augmented reals, as the paper's StyleGAN2 code does); "" (off) by default
+    diffaugment: DiffAugmentPolicy = ""

@@ -12,6 +12,10 @@
   that the network cannot assume neighbouring styles are correlated.
 * After each generator step the running mean of w (``generator.w_avg``) moves towards the
   batch mean; the truncation trick pulls towards it when sampling.
+* ``model.diffaugment`` (DiffAugment, :mod:`genctl.augment`): every image the discriminator sees,
+  real or fake, in both updates, goes through the same random differentiable transformations
+  first; R1 is the gradient at the real images through the augmentation (the DiffAugment
+  authors' StyleGAN2 code takes it so).
 """
 
 from __future__ import annotations
@@ -22,19 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genctl.augment import diff_augment, parse_policy
 from genctl.spec import DataInfo, penalty_gradients
 from genctl_stylegan.config import StyleGANConfig
 from genctl_stylegan.model import mix_styles
 
 
 def r1_penalty(
-    discriminator: nn.Module, real: torch.Tensor, scaler=None
+    discriminator: nn.Module, real: torch.Tensor, scaler=None, augment=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """D's scores on ``real`` and the R1 penalty E||grad_x D(x)||^2 at those images.
     ``scaler``: the trainer's GradScaler (fp16 loss scaling of the gradient, see
-    ``genctl.spec.penalty_gradients``)."""
+    ``genctl.spec.penalty_gradients``). ``augment``: what D sees of the images (DiffAugment);
+    the gradient is still taken at ``real``, through it."""
     real = real.detach().requires_grad_(True)
-    scores = discriminator(real)
+    scores = discriminator(augment(real) if augment is not None else real)
     grad = penalty_gradients(scores, real, scaler)
     return scores, grad.pow(2).flatten(1).sum(dim=1).mean()
 
@@ -47,6 +53,11 @@ class StyleGANObjective:
         self.generator, self.discriminator = nets["generator"], nets["discriminator"]
         self.groups = {"d": ["discriminator"], "g": ["generator"]}
         self._d_updates = 0
+        self.augment = parse_policy(config.diffaugment)  # () when off
+
+    def _seen(self, images: torch.Tensor) -> torch.Tensor:
+        """What the discriminator sees of real or fake ``images``: DiffAugment's when on."""
+        return diff_augment(images, self.augment) if self.augment else images
 
     @property
     def lazy_r1(self) -> bool:
@@ -95,25 +106,25 @@ class StyleGANObjective:
             if self.lazy_r1:
                 self._d_updates = getattr(self, "_d_updates", 0) + 1
                 if self._d_updates == 2:  # the lazy R1 update of this step
-                    d_real, r1 = r1_penalty(self.discriminator, real, self.grad_scaler)
+                    d_real, r1 = r1_penalty(self.discriminator, real, self.grad_scaler, self._seen)
                     # d_real * 0 keeps every weight in the graph (a zero gradient, not none)
                     loss = gamma / 2 * r1 * every + d_real.sum() * 0
                     return loss, {"r1": r1.detach()}
             with torch.no_grad():
                 fake, _ = self.generate(len(real), real.device)
-            d_fake = self.discriminator(fake)
+            d_fake = self.discriminator(self._seen(fake))
             logs: dict[str, torch.Tensor] = {}
             if gamma > 0 and not self.lazy_r1:
-                d_real, r1 = r1_penalty(self.discriminator, real, self.grad_scaler)
+                d_real, r1 = r1_penalty(self.discriminator, real, self.grad_scaler, self._seen)
                 penalty = gamma / 2 * r1
                 logs["r1"] = r1.detach()
             else:
-                d_real, penalty = self.discriminator(real), 0.0
+                d_real, penalty = self.discriminator(self._seen(real)), 0.0
             loss = F.softplus(d_fake).mean() + F.softplus(-d_real).mean() + penalty
             logs |= {"d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
             return loss, logs
         fake, w = self.generate(len(real), real.device)
-        d_fake = self.discriminator(fake)
+        d_fake = self.discriminator(self._seen(fake))
         self.generator.update_w_avg(w, self.config.w_avg_beta)
         return F.softplus(-d_fake).mean(), {"d_fake": d_fake.mean().detach()}
 

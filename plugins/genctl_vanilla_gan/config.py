@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from genctl.augment import DiffAugmentPolicy
 from genctl.spec import Schema
 
 
@@ -12,3 +13,6 @@ class VanillaGANConfig(Schema):
     g_hidden: list[int] = Field([128, 256, 512, 1024], min_length=1)  # generator block widths
     d_hidden: list[int] = Field([512, 256, 128], min_length=1)  # discriminator block widths
     conditional: bool = False  # cGAN: one-hot label appended to z and to the flattened image
+    # DiffAugment (genctl/augment.py): e.g. "color,translation,cutout", applied to real and fake
+    # images before the discriminator in both updates; "" (off) by default
+    diffaugment: DiffAugmentPolicy = ""
