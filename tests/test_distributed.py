@@ -92,7 +92,8 @@ def _gan_updates(nets, batches, groups, reduce, accumulate=2, steps=3) -> None:
     ``accumulate`` micro-batches per update, ``reduce(group)`` around the last backward."""
     from contextlib import nullcontext
 
-    opts = {k: torch.optim.Adam(n.parameters(), lr=0.05) for k, n in nets.items()}
+    # SGD: the step is the gradient itself (Adam would hide a wrong scale)
+    opts = {k: torch.optim.SGD(n.parameters(), lr=0.2) for k, n in nets.items()}
     for step in range(steps):
         for group in ("d", "g", "d"):
             for k, n in nets.items():
