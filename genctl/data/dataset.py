@@ -28,7 +28,9 @@ from genctl.spec import DataInfo
 from . import cache, shapes, standard
 from .config import DataConfig
 from .decode import Decoder, decode_all, resize_tensor, to_channels
+from .shards import Shards, find_shards, list_samples
 from .sources import ImageList, Source, basename, list_images, split_root
+from .stream import Part, StreamDataset, default_workers, local_processes, should_stream
 
 
 @dataclass(eq=False)
@@ -43,15 +45,54 @@ class Dataset:
     def __len__(self) -> int:
         return self.info.size
 
+    def streams(self) -> list[tuple[tuple[str, ...], int]]:
+        """Keys drawn together and their length: one stream, except unpaired domains, which
+        are drawn independently."""
+        if self.info.task == "unpaired":
+            return [((k,), len(t)) for k, t in self.tensors.items()]
+        return [(tuple(self.tensors), len(next(iter(self.tensors.values()))))]
+
+    def take(self, indices: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The uint8 images at ``indices[s]`` of each stream ``s``, by key."""
+        out = {}
+        for (keys, _), idx in zip(self.streams(), indices, strict=True):
+            out.update({k: self.tensors[k][idx] for k in keys})
+        return out
+
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Decode (or load from the cache) the dataset the recipe's ``data:`` section describes."""
-    if cfg.exclude_classes and cfg.kind not in ("shapes", "images", "mnist", "cifar10"):
+    _check_exclude(cfg)
+    return _KINDS[cfg.kind](cfg)
+
+
+def open_dataset(cfg: DataConfig) -> Dataset | StreamDataset:
+    """The dataset to train from: decoded into memory, or streamed from its files when
+    ``data.stream`` says so (or, unset, when the decoded set would not fit comfortably)."""
+    _check_exclude(cfg)
+    if cfg.kind in _STREAMED:
+        streamed = _STREAMED[cfg.kind](cfg)
+        if streamed is not None:
+            return streamed
+    elif cfg.stream:
+        raise BadInput(
+            f"data.stream: data.kind={cfg.kind} is always decoded into memory",
+            "Drop data.stream, or stream an image folder, zip or webdataset "
+            "(kinds images, webdataset, super_resolution, cifar10 image zips).",
+        )
+    return load_dataset(cfg)
+
+
+def _check_exclude(cfg: DataConfig) -> None:
+    if cfg.exclude_classes and cfg.kind not in _LABELLED:
         raise BadInput(
             f"data.exclude_classes: data.kind={cfg.kind} has no classes to exclude",
-            "Drop data.exclude_classes (it applies to shapes, images, mnist and cifar10).",
+            "Drop data.exclude_classes (it applies to shapes, images, webdataset, mnist and "
+            "cifar10).",
         )
-    return _KINDS[cfg.kind](cfg)
+
+
+_LABELLED = ("shapes", "images", "webdataset", "mnist", "cifar10")
 
 
 # ---------------------------------------------------------------- shared plumbing
@@ -120,7 +161,14 @@ def _excluded(cfg: DataConfig, payload: dict, fp: str) -> tuple[torch.Tensor, An
     """The payload without the images of ``cfg.exclude_classes`` (in memory: the cache keeps
     every class), its labels (None when ``cfg.labels`` is off) and its fingerprint, which
     records the classes dropped."""
-    names, all_labels = payload["class_names"], payload["labels"]
+    all_labels = payload["labels"]
+    keep, fp = _kept(cfg, payload["class_names"], all_labels, fp)
+    labels = all_labels[keep] if cfg.labels else None
+    return payload["tensors"]["image"][keep], labels, fp
+
+
+def _kept(cfg: DataConfig, names, all_labels, fp: str) -> tuple[torch.Tensor, str]:
+    """Which items ``cfg.exclude_classes`` keeps, and the fingerprint that records it."""
     if all_labels is None or not names:
         raise BadInput(
             f"data.exclude_classes: data.kind={cfg.kind} at this root has no class labels",
@@ -136,8 +184,7 @@ def _excluded(cfg: DataConfig, payload: dict, fp: str) -> tuple[torch.Tensor, An
     if len(classes) == len(names):
         raise BadInput("data.exclude_classes excludes every class: no image is left")
     keep = ~torch.isin(all_labels, torch.tensor(classes, dtype=all_labels.dtype))
-    labels = all_labels[keep] if cfg.labels else None
-    return payload["tensors"]["image"][keep], labels, cache.fingerprint(fp, {"exclude": classes})
+    return keep, cache.fingerprint(fp, {"exclude": classes})
 
 
 # ---------------------------------------------------------------- image kinds
@@ -177,6 +224,13 @@ def _folder_payload(cfg: DataConfig, root: Path, *, labels: bool) -> tuple[dict,
     return _cached(cfg, il.source.stamp(il.files), settings, lambda: make(il))
 
 
+def _folder_list(cfg: DataConfig, root: Path, *, labels: bool) -> tuple[ImageList, Any]:
+    """The images of a folder or zip, and the stamp :func:`_folder_payload` keys them by."""
+    source = Source(root)
+    il = list_images(source, split_root(source, cfg.split), labels=labels, limit=cfg.limit)
+    return il, (_file_stamp([root]) if root.is_file() else source.stamp(il.files))
+
+
 def _file_stamp(paths: list[Path]) -> list:
     stats = [(p, p.stat()) for p in paths]
     return [[p.name, st.st_size, st.st_mtime_ns] for p, st in stats]
@@ -184,6 +238,21 @@ def _file_stamp(paths: list[Path]) -> list:
 
 def _images(cfg: DataConfig) -> Dataset:
     payload, fp = _folder_payload(cfg, _root(cfg), labels=cfg.labels)
+    return _labelled(cfg, payload, fp)
+
+
+def _webdataset(cfg: DataConfig) -> Dataset:
+    paths = find_shards(str(_root(cfg)), cfg.split)
+
+    def make() -> dict:
+        il = list_samples(Shards(paths), labels=cfg.labels, limit=cfg.limit)
+        (images,) = _decode_list(cfg, il)
+        lab = torch.tensor(il.labels, dtype=torch.int64) if il.labels is not None else None
+        return {"tensors": {"image": images}, "labels": lab, "class_names": list(il.class_names)}
+
+    # the shards' sizes and mtimes stand for their contents: a cache hit lists nothing
+    stamp = _file_stamp(paths)
+    payload, fp = _cached(cfg, stamp, _settings(cfg, "resize", "background"), make)
     return _labelled(cfg, payload, fp)
 
 
@@ -367,9 +436,92 @@ def _super_resolution(cfg: DataConfig) -> Dataset:
 _KINDS: dict[str, Callable[[DataConfig], Dataset]] = {
     "shapes": _shapes,
     "images": _images,
+    "webdataset": _webdataset,
     "mnist": _mnist,
     "cifar10": _cifar10,
     "paired": _paired,
     "unpaired": _unpaired,
     "super_resolution": _super_resolution,
+}
+
+
+# ---------------------------------------------------------------- streamed kinds
+# Each returns None when the set is decoded into memory after all (data.stream unset, small).
+
+
+def _streamed(
+    cfg: DataConfig, il: ImageList, stamp: Any, *, key: str = "image", task: str | None = None
+) -> StreamDataset | None:
+    n, side = len(il.files), cfg.image_size
+    nbytes = n * cfg.channels * side * side
+    if not should_stream(cfg.stream, nbytes, f"{n:,} images of {side}x{side} in {cfg.root}"):
+        return None
+    # the in-memory path's fingerprint: the same files and settings, the same decoded images
+    fp = cache.fingerprint(stamp, _settings(cfg, "resize", "background"))
+    files = list(il.files)
+    all_labels = torch.tensor(il.labels, dtype=torch.int64) if il.labels is not None else None
+    if cfg.exclude_classes:
+        keep, fp = _kept(cfg, il.class_names, all_labels, fp)
+        files = [f for f, k in zip(files, keep.tolist(), strict=True) if k]
+        all_labels = all_labels[keep]  # type: ignore[index]
+    labels = all_labels if cfg.labels else None
+    names = tuple(il.class_names) if labels is not None else ()
+    decoder = Decoder(cfg.image_size, cfg.channels, cfg.resize, cfg.background)
+    info = DataInfo(
+        task=task or _image_task(labels),
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        num_classes=len(names),
+        class_names=names,
+        size=len(files),
+        scale=cfg.scale if task == "super_resolution" else 1,
+    )
+    workers = cfg.workers if cfg.workers is not None else default_workers(local_processes())
+    parts = [Part((key,), il.source, files, decoder)]
+    return StreamDataset(parts, labels, info, fp, workers)
+
+
+def _images_streamed(cfg: DataConfig) -> StreamDataset | None:
+    if cfg.stream is False:
+        return None
+    il, stamp = _folder_list(cfg, _root(cfg), labels=cfg.labels)
+    return _streamed(cfg, il, stamp)
+
+
+def _webdataset_streamed(cfg: DataConfig) -> StreamDataset | None:
+    if cfg.stream is False:
+        return None
+    paths = find_shards(str(_root(cfg)), cfg.split)
+    il = list_samples(Shards(paths), labels=cfg.labels, limit=cfg.limit)
+    return _streamed(cfg, il, _file_stamp(paths))
+
+
+def _cifar10_streamed(cfg: DataConfig) -> StreamDataset | None:
+    root = _root(cfg)
+    archive = standard.cifar_archive(root, cfg.split) if not standard.cifar_batches(root) else None
+    if cfg.stream is False or archive is None:
+        if cfg.stream:
+            raise BadInput(
+                "data.stream: CIFAR-10 from torchvision's batches is decoded into memory",
+                "Drop data.stream (the batches are small), or point data.root at the image zips.",
+            )
+        return None
+    il, stamp = _folder_list(cfg, archive, labels=cfg.labels)
+    return _streamed(cfg, il, stamp)
+
+
+def _super_resolution_streamed(cfg: DataConfig) -> StreamDataset | None:
+    if cfg.stream is False:
+        return None
+    if cfg.image_size % cfg.scale:
+        return None  # load_dataset says what is wrong
+    il, stamp = _folder_list(cfg, _root(cfg), labels=False)
+    return _streamed(cfg, il, stamp, key="hr", task="super_resolution")
+
+
+_STREAMED: dict[str, Callable[[DataConfig], StreamDataset | None]] = {
+    "images": _images_streamed,
+    "webdataset": _webdataset_streamed,
+    "cifar10": _cifar10_streamed,
+    "super_resolution": _super_resolution_streamed,
 }

@@ -2,8 +2,9 @@
 
 Pillow releases the GIL while it decodes and resamples, so threads use every core without
 the start-up and copying cost of processes. Each image is flattened onto the background when
-it has transparency, converted to RGB or grayscale, cropped or stretched to a square and
-resized with an antialiasing filter (a box-filtered JPEG draft first when that is much larger).
+it has transparency, converted to RGB or grayscale, made square (``data.resize``: the centre
+cropped, the whole stretched, or padded with the background colour) and resized with an
+antialiasing filter (a box-filtered JPEG draft first when that is much larger).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Decoder:
         return img if img.mode == want else img.convert(want)
 
     def square(self, img: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
-        """Crop (or stretch) the region ``box`` to a square of side ``size``, as H x W x C.
+        """Crop, stretch or pad the region ``box`` to a square of side ``size``, as H x W x C.
 
         The region is cut out first, so the resampling filter sees no pixel outside it.
         """
@@ -110,9 +111,19 @@ class Decoder:
             x0, y0 = x0 + (w - m) // 2, y0 + (h - m) // 2
             x1, y1 = x0 + m, y0 + m
         region = img.crop((x0, y0, x1, y1)) if (x0, y0, x1, y1) != (0, 0, *img.size) else img
+        if self.resize == "pad" and region.width != region.height:
+            region = self._padded(region)
         out = region.resize((self.size, self.size), RESAMPLE)
         arr = np.asarray(out, dtype=np.uint8)
         return arr[:, :, None] if arr.ndim == 2 else arr
+
+    def _padded(self, region: Image.Image) -> Image.Image:
+        """The region centred on a square of the background colour (letterboxed)."""
+        m = max(region.size)
+        fill = Image.new("RGB", (1, 1), self.background).convert(region.mode).getpixel((0, 0))
+        canvas = Image.new(region.mode, (m, m), fill)
+        canvas.paste(region, ((m - region.width) // 2, (m - region.height) // 2))
+        return canvas
 
     def __call__(self, source: Source, rel: str) -> list[np.ndarray]:
         img = self.to_mode(self.open(source, rel))

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from genctl.errors import BadInput
 
-from .dataset import Dataset
+if TYPE_CHECKING:  # the dataset module builds streaming datasets, which use this one
+    from .dataset import Dataset
 
 IMAGE_TASKS = ("unconditional", "conditional")
 
@@ -33,13 +34,6 @@ def _mix(*parts: int) -> int:
     """A 63-bit seed from integers, with no collisions between nearby tuples."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _streams(dataset: Dataset) -> list[tuple[str, ...]]:
-    """Keys drawn together: one stream, except unpaired domains, drawn independently."""
-    if dataset.info.task == "unpaired":
-        return [(k,) for k in dataset.tensors]
-    return [tuple(dataset.tensors)]
 
 
 def _fits(device: torch.device, nbytes: int) -> bool:
@@ -66,7 +60,9 @@ def _assemble(
         f = flips.get(key)
         if f is not None:  # on uint8: a quarter of the memory traffic of float
             x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)
-        batch[key] = to_unit(x)
+        # uint8 images become [-1, 1]; a float tensor (a model's prepared data: latents) is
+        # batched as it is
+        batch[key] = to_unit(x) if x.dtype == torch.uint8 else x.float()
     info = dataset.info
     if info.task == "super_resolution":
         side = info.image_size // info.scale
@@ -113,15 +109,15 @@ class Loader:
         self.device = torch.device(device)
         self.flip = flip
         self.rank, self.world_size = rank, world_size
-        self._streams = [
-            _Stream(i, keys, len(dataset.tensors[keys[0]]))
-            for i, keys in enumerate(_streams(dataset))
-        ]
+        self._streams = [_Stream(i, keys, size) for i, (keys, size) in enumerate(dataset.streams())]
         for s in self._streams:
             if s.size == 0:
                 raise BadInput(f"the {'/'.join(s.keys)} images of the dataset are empty")
+        self._setup()
 
-        nbytes = sum(t.numel() for t in dataset.tensors.values())
+    def _setup(self) -> None:
+        dataset = self.dataset
+        nbytes = sum(t.numel() * t.element_size() for t in dataset.tensors.values())
         # The whole uint8 set on the device when it fits; else gathered on the host per batch.
         self._home = self.device if _fits(self.device, nbytes) else torch.device("cpu")
         self._data = {k: t.to(self._home) for k, t in dataset.tensors.items()}
@@ -237,8 +233,8 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 def preview_batch(dataset: Dataset, n: int, device: str | torch.device) -> dict[str, torch.Tensor]:
     """The first ``n`` items (fewer when the dataset is smaller), unflipped: a fixed batch."""
     device = torch.device(device)
-    count = min([n] + [len(t) for t in dataset.tensors.values()])
+    count = min([n] + [size for _, size in dataset.streams()])
     idx = torch.arange(count)
-    images = {k: t[idx].to(device) for k, t in dataset.tensors.items()}
+    images = {k: t.to(device) for k, t in dataset.take([idx] * len(dataset.streams())).items()}
     label = dataset.labels[idx].to(device) if dataset.labels is not None else None
     return _assemble(dataset, images, {}, label)

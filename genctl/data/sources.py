@@ -41,6 +41,7 @@ class Source:
             )
         self.is_zip = self.path.is_file()
         self._lock = threading.Lock()  # decoding threads share one zip handle
+        self._pid = os.getpid()  # a DataLoader worker opens its own handle (see read)
         if self.is_zip:
             if not zipfile.is_zipfile(self.path):
                 raise BadInput(
@@ -63,8 +64,24 @@ class Source:
     def read(self, rel: str) -> bytes:
         if not self.is_zip:
             return (self.path / rel).read_bytes()
+        if self._pid != os.getpid():  # a forked worker: the inherited handle's offset is shared
+            self._zip, self._lock, self._pid = (
+                zipfile.ZipFile(self.path),
+                threading.Lock(),
+                os.getpid(),
+            )
         with self._lock:  # reading is quick; decoding, outside the lock, is the work
             return self._zip.read(rel)
+
+    def __getstate__(self) -> dict:
+        """Picklable for spawned DataLoader workers: the zip is opened again there."""
+        state = dict(self.__dict__)
+        state.pop("_zip", None)
+        state["_lock"], state["_pid"] = None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def where(self, rel: str = "") -> str:
         """A path for messages: ``folder/rel`` or ``archive.zip:rel``."""
