@@ -85,6 +85,22 @@ def evaluate_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bars.")
     ] = True,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--pretrained",
+            help="A Hugging Face diffusers pipeline (save_pretrained folder or Hub id; pip install "
+            '"genctl[hf]"), scored as a run of --real is and recorded as a run of its own.',
+        ),
+    ] = None,
+    real: Annotated[
+        str | None,
+        typer.Option(
+            "--real",
+            help="With --pretrained: the real images, a folder or a recipe (its data: and "
+            "evaluate: sections, so the numbers compare with that recipe's runs).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a trained model with torch-fidelity and log the numbers to its MLflow run.
 
@@ -95,6 +111,7 @@ def evaluate_command(
     genctl evaluate --checkpoint model.pt --device cuda
     genctl evaluate --run RUN_ID --metrics fid_domain,kid_domain --feature-extractor CLASSIFIER_RUN
     genctl evaluate --run RUN_ID --metrics auroc --anomaly-classes 7
+    genctl evaluate --pretrained ./ddpm-cifar10-32 --real recipes/ddpm-cifar10.yaml steps=100
     """
     from genctl.evaluation import evaluate, parse_metrics, source_for
     from genctl.evaluation.sources import evaluation_options
@@ -102,6 +119,23 @@ def evaluate_command(
     from genctl.resolve import find_checkpoint, load_model
     from genctl.trainer import _pick_device
 
+    if pretrained is not None or real is not None:  # a diffusers pipeline: genctl.pretrained
+        _evaluate_pretrained(
+            pretrained,
+            real,
+            list(options or []),
+            run=run,
+            checkpoint=checkpoint,
+            metrics=parse_metrics(metrics.split(",")) if metrics is not None else None,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            device=_pick_device(device),
+            seed=seed,
+            weights=weights,
+            feature_extractor=feature_extractor,
+            progress=progress,
+        )
+        return
     if (run is None) == (checkpoint is None):
         raise BadInput("say what to evaluate: exactly one of --run RUN_ID or --checkpoint PATH")
     wanted = parse_metrics(metrics.split(",")) if metrics is not None else None  # fail fast
@@ -145,6 +179,26 @@ def evaluate_command(
     with deferred():  # the numbers, protocol and notes are logged together or not at all
         _log(run_id, recipe.tracking.uri, result, model.step)
     typer.echo(f"logged to run {run_id} at step {model.step}")
+
+
+def _evaluate_pretrained(pretrained, real, options, *, run, checkpoint, **kw) -> None:
+    """``--pretrained``: score the pipeline against ``--real`` and record a run of its own."""
+    if pretrained is None or real is None:
+        raise BadInput(
+            "--pretrained and --real go together: the pipeline, and the real images to judge it by",
+            "genctl evaluate --pretrained DIR_OR_HUB_ID --real IMAGE_FOLDER_OR_RECIPE",
+        )
+    if run is not None or checkpoint is not None:
+        raise BadInput("--pretrained evaluates a pipeline: drop --run and --checkpoint")
+    from genctl import pretrained as hf
+
+    result, run_id, model = hf.evaluate(pretrained, options, real=real, **kw)
+    typer.echo(f"{model.name} ({model.source})")
+    typer.echo(format_table(result.logged()))
+    typer.echo(format_protocol(result.protocol))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"logged to run {run_id} (tag {hf.PRETRAINED_TAG})")
 
 
 def _with_anomaly_classes(recipe, text: str):

@@ -83,6 +83,14 @@ def sample_command(
             "256 at 32-64 px, 16 at 256 px). The images do not depend on it.",
         ),
     ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--pretrained",
+            help="A Hugging Face diffusers pipeline: a save_pretrained folder or a Hub id (pip "
+            'install "genctl[hf]"). Options: steps, guidance, prompt, negative_prompt, strength, eta.',
+        ),
+    ] = None,
 ) -> None:
     """Sample images from a trained model.
 
@@ -90,6 +98,8 @@ def sample_command(
     genctl sample --plugin dcgan --n 64 --out grid.png
     genctl sample --run RUN_ID --seeds 0-15 --out faces/ truncation=0.7
     genctl sample --plugin cyclegan --input photos/ --out zebras/ direction=a2b
+    genctl sample --pretrained ./ddpm-cifar10-32 --n 16 steps=100
+    genctl sample --pretrained ./sd --seeds 0-3 --out cats/ prompt="a cat" guidance=7.5
 
     A class-conditional model draws class i % num_classes for image i (for --seeds, the
     seed's class: seed % num_classes), or every image of class N with class=N.
@@ -112,6 +122,26 @@ def sample_command(
     from genctl.spec import draw, draw_each, image_seed
     from genctl.trainer import _pick_device
 
+    if pretrained is not None:  # a diffusers pipeline, not a genctl model: genctl.pretrained
+        if any(x is not None for x in (plugin, run, checkpoint, step)):
+            raise BadInput(
+                "--pretrained samples a pipeline: drop --plugin, --run, --checkpoint, --step"
+            )
+        from genctl import pretrained as hf
+
+        total, where, name = hf.sample(
+            pretrained,
+            list(options or []),
+            n=n,
+            seed=seed,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
+            out=out,
+            inputs=input,
+            device=_pick_device(device),
+            batch_size=batch_size,
+        )
+        typer.echo(f"{total} images from {name} ({pretrained}) -> {where}")
+        return
     if sum(x is not None for x in (plugin, run, checkpoint)) != 1:
         raise BadInput(
             "say what to sample from: exactly one of --plugin NAME, --run RUN_ID, --checkpoint PATH"
