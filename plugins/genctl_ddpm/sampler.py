@@ -1,5 +1,6 @@
-"""Sampling: DDPM or DDIM steps from noise (or from noised input images, img2img), with
-classifier-free guidance and guidance by a loss. The loop is :meth:`DiffusionSampler.sample`.
+"""Sampling: DDPM, DDIM or an ODE solver (DPM-Solver++ 2M, UniPC, Euler, Euler ancestral, Heun)
+from noise (or from noised input images, img2img), with classifier-free guidance and guidance by a
+loss. The loop is :meth:`DiffusionSampler.sample`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from genctl.spec import DataInfo, Schema
 from genctl.spec import noise as draw_noise
 from genctl_ddpm.config import DDPMConfig
 from genctl_ddpm.guidance import GuideFn, guidance_registry
-from genctl_ddpm.scheduler import DDIMScheduler, Spacing, make_schedule, make_scheduler
+from genctl_ddpm.scheduler import (
+    SIGMA_METHODS,
+    SigmaSpacing,
+    Spacing,
+    make_schedule,
+    make_scheduler,
+)
+
+Method = Literal["ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "euler_a", "heun"]
 
 
 class DDPMSampleOptions(Schema):
@@ -27,11 +36,16 @@ class DDPMSampleOptions(Schema):
 
     # the defaults, DDIM-50 at eta 1 with trailing steps, measured best at ~50 network calls on
     # the MNIST recipe's model (FID table in the README); eta=0 is the deterministic DDIM
-    method: Literal["ddpm", "ddim"] = "ddim"
-    steps: int | None = Field(None, gt=0)  # default: 50 for ddim, all T for ddpm
+    method: Method = "ddim"
+    # noise levels to step through: default 50 for ddim, all T for ddpm, DEFAULT_STEPS for the
+    # others; network calls = steps, but 2 * steps - 1 for heun
+    steps: int | None = Field(None, gt=0)
     eta: float = Field(1.0, ge=0)  # ddim: 0 deterministic, 1 as noisy as ddpm
     # where the steps fall in 0..T-1 (Lin et al. 2023): trailing and linspace start at T-1
     spacing: Spacing = "trailing"
+    # karras: the solvers' noise levels spaced as Karras et al. 2022 (rho 7) from sigma(T-1) to
+    # sigma(0), instead of at the spaced timesteps
+    sigmas: SigmaSpacing | None = None
     # class-conditional models: the class to draw; none: the classes genctl gives (image i of
     # class i mod K); guidance=0 draws from the unconditional model
     class_: int | None = Field(None, alias="class", ge=0)
@@ -44,6 +58,17 @@ class DDPMSampleOptions(Schema):
     classifier: str | None = None  # guide=classifier: checkpoint path
     target_class: int | None = Field(None, ge=0)  # guide=classifier: class to steer toward
     strength: float = Field(0.6, ge=0, le=1)  # img2img (--input): how far to noise the inputs
+
+
+# default steps of the methods other than ddim (50) and ddpm (T)
+DEFAULT_STEPS = {"dpmpp_2m": 20, "unipc": 20, "euler": 20, "euler_a": 20, "heun": 10}
+
+
+def network_calls(method: str, steps: int) -> int:
+    """UNet evaluations of a sampler run of ``steps`` steps (classifier-free guidance's
+    conditional and unconditional halves go in one batched call): Heun evaluates twice per step
+    but once on the last."""
+    return 2 * steps - 1 if method == "heun" else steps
 
 
 class DiffusionSampler:
@@ -77,28 +102,25 @@ class DiffusionSampler:
         if inputs is not None:
             n = inputs.shape[0]
         scheduler = make_scheduler(opts.method, self.schedule)
-        scheduler.set_timesteps(
-            # DDIM's default of 50 steps cannot exceed a short schedule's T
-            opts.steps
-            or (min(50, self.config.timesteps) if opts.method == "ddim" else self.config.timesteps),
-            opts.spacing,
-        )
-        timesteps = scheduler.timesteps.tolist()
+        steps = self.steps(opts)
+        scheduler.set_timesteps(steps, opts.spacing, opts.sigmas)
+        timesteps = scheduler.timesteps.tolist()  # one network call each
         device = self.device
         shape = (n, self.info.channels, self.info.image_size, self.info.image_size)
         noise = draw_noise("randn", shape, generator).to(device)
         if inputs is None:
             x = noise
-        else:  # img2img: noise the inputs to step ~strength*T, then denoise from there
+        else:  # img2img: noise the inputs to the level ~strength*steps from the end, denoise
             x0 = self._fit(inputs.to(device))
-            keep = round(len(timesteps) * opts.strength)
-            timesteps = timesteps[len(timesteps) - keep :]
-            if not timesteps:
-                return (x0 + 1) / 2
-            x = self.schedule.add_noise(x0, noise, torch.full((n,), timesteps[0]))
+            keep = round(steps * opts.strength)
+            if not keep:
+                return self.output(x0)
+            timesteps = scheduler.set_begin_index(steps - keep)
+            x = scheduler.add_noise(x0, noise, torch.full((n,), timesteps[0]))
         if label is None and opts.class_ is not None:
             label = torch.full((n,), opts.class_, device=device)
         guide = self._guide(opts, device)
+        step_options = {"eta": opts.eta} if opts.method == "ddim" else {}
 
         was_training = self.unet.training
         self.unet.eval()  # dropout off
@@ -116,13 +138,24 @@ class DiffusionSampler:
                         loss = fn(x0, torch.full((n,), t, device=device)).sum()
                         grad = torch.autograd.grad(loss, x)[0]
                     x, out = (x - scale * grad).detach(), out.detach()
-                if isinstance(scheduler, DDIMScheduler):
-                    x = scheduler.step(out, t, x, eta=opts.eta, generator=generator).prev_sample
-                else:
-                    x = scheduler.step(out, t, x, generator=generator).prev_sample
+                x = scheduler.step(out, t, x, generator=generator, **step_options).prev_sample
         finally:
             self.unet.train(was_training)
+        return self.output(x)
+
+    def output(self, x: Tensor) -> Tensor:
+        """What ``sample`` returns for the denoised ``x``: images in [0, 1] (a latent diffusion
+        sampler decodes its latents here)."""
         return ((x + 1) / 2).clamp(0, 1)
+
+    def steps(self, opts: DDPMSampleOptions) -> int:
+        """The number of steps (noise levels) a run with ``opts`` takes."""
+        if opts.steps:
+            return opts.steps
+        if opts.method == "ddpm":
+            return self.config.timesteps
+        # the defaults cannot exceed a short schedule's T
+        return min(DEFAULT_STEPS.get(opts.method, 50), self.config.timesteps)
 
     def preview(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
         """The training-time grid (the default sampler): for a class-conditional model one row per class,
@@ -170,8 +203,25 @@ class DiffusionSampler:
             raise BadInput(
                 "guidance=... is classifier-free guidance toward a class", "Add class=N."
             )
-        if opts.method == "ddpm" and "eta" in given:
+        if opts.method != "ddim" and "eta" in given:
             raise BadInput("eta applies to method=ddim only", "Drop eta, or use method=ddim.")
+        if opts.sigmas is not None:
+            if opts.method not in SIGMA_METHODS:
+                raise BadInput(
+                    f"sigmas={opts.sigmas} applies to the methods {', '.join(SIGMA_METHODS)}",
+                    f"Drop sigmas, or use one of them instead of method={opts.method}.",
+                )
+            if "spacing" in given:
+                raise BadInput(
+                    f"sigmas={opts.sigmas} places the noise levels itself; spacing does not apply",
+                    "Drop spacing or sigmas.",
+                )
+        if self.config.zero_terminal_snr and opts.spacing == "leading" and opts.sigmas is None:
+            raise BadInput(
+                "spacing=leading never starts at the last timestep, where a zero-terminal-SNR "
+                "model's pure noise belongs",
+                "Use spacing=trailing (the default) or linspace.",
+            )
         if opts.steps is not None and opts.steps > self.config.timesteps:
             raise BadInput(
                 f"steps={opts.steps} exceeds the {self.config.timesteps} training timesteps"

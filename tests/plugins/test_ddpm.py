@@ -371,7 +371,7 @@ def test_options_take_class_by_its_name_and_reject_unknown_keys():
     with pytest.raises(ValidationError, match="extra"):
         DDPMSampleOptions.model_validate({"temperature": 1.0})
     with pytest.raises(ValidationError):
-        DDPMSampleOptions.model_validate({"method": "euler"})
+        DDPMSampleOptions.model_validate({"method": "plms"})
     with pytest.raises(ValidationError):
         DDPMSampleOptions.model_validate({"strength": 1.5})
     with pytest.raises(ValidationError, match="leading"):
