@@ -25,6 +25,14 @@ class DDPMConfig(Schema):
     beta_end: float = Field(0.02, gt=0, lt=1)
     prediction: Literal["epsilon", "v"] = "epsilon"  # what the UNet predicts
     clip_sample: bool = True  # clamp the x_0 estimate to [-1, 1] at each sampling step
+    # --- objectives (loss.py): all off by default, the recipes' measured setting
+    # min-SNR-gamma loss weighting (Hang et al. 2023): weight min(SNR, gamma) / SNR (epsilon) or
+    # / (SNR + 1) (v), the paper's gamma 5; none: the plain "simple" loss
+    min_snr_gamma: float | None = Field(None, gt=0)
+    # rescale the betas so that abar = 0 at T-1 (Lin et al. 2023); needs prediction v
+    zero_terminal_snr: bool = False
+    # offset noise: add strength x N(0, 1) per image and channel to the training noise
+    offset_noise: float = Field(0.0, ge=0)
     # --- class conditioning (classifier-free guidance)
     conditional: bool = False  # condition on the data's class labels
     class_dropout: float = Field(0.1, ge=0, le=1)  # fraction of labels replaced by "no class"
@@ -45,6 +53,11 @@ class DDPMConfig(Schema):
             )
         if any(m <= 0 for m in self.channel_mults):
             raise ValueError(f"channel_mults must be positive, got {self.channel_mults}")
+        if self.zero_terminal_snr and self.prediction != "v":
+            raise ValueError(
+                "zero_terminal_snr needs prediction: v: at the last timestep abar is 0, so the "
+                "noise is all there is in x_t and predicting it says nothing of x_0"
+            )
         if self.beta_schedule == "linear" and self.beta_start >= self.beta_end:
             raise ValueError(
                 f"beta_start ({self.beta_start}) must be below beta_end ({self.beta_end})"
