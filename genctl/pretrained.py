@@ -238,8 +238,7 @@ class PipelineSampler:
                 kwargs[ARGUMENTS.get(option, option)] = value
         pipe = self.pipe
         if self.kind == "text_to_image":
-            # one prompt per image, so generator i is image i's (num_images_per_prompt would
-            # draw n images per prompt from one list the same way, but img2img wants this)
+            # one prompt per image: generator i draws image i (and img2img pairs it with input i)
             kwargs["prompt"] = [options.prompt or ""] * n
             if options.negative_prompt is not None:
                 kwargs["negative_prompt"] = [options.negative_prompt] * n
@@ -352,21 +351,19 @@ class RealImages:
     evaluate: Any  # EvaluateConfig
     seed: int  # the recipe's train.seed: its runs' evaluations generate from it
     uri: str | None  # the recipe's tracking.uri
-    recipe: str | None  # the recipe's path
+    recipe: str | None  # the recipe's path; None: a folder, read at the pipeline's image size
 
 
-def real_images(real: str, image_size: int) -> RealImages:
+def real_images(real: str) -> RealImages:
     """``--real``: a recipe file (its ``data:``, ``evaluate:``, ``train.seed``, ``tracking.uri``:
-    the protocol of that recipe's runs) or a folder of images (at ``image_size``)."""
+    the protocol of that recipe's runs) or a folder of images."""
     from genctl.data import DataConfig
     from genctl.recipe import EvaluateConfig, RecipeBase, format_validation_error, load_yaml
 
     path = Path(real).expanduser()
     if path.is_dir():
-        data = DataConfig(kind="images", root=str(path.resolve()), image_size=image_size)
-        return RealImages(
-            data.model_copy(update={"labels": False}), EvaluateConfig(), 0, None, None
-        )
+        data = DataConfig(kind="images", root=str(path.resolve()), labels=False)
+        return RealImages(data, EvaluateConfig(), 0, None, None)
     if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         from pydantic import ValidationError
 
@@ -409,9 +406,11 @@ def evaluate(
     from genctl.evaluation.sources import ImageSource, real_subset, sampled, sampler_protocol
     from genctl.interrupts import deferred
 
+    given = real_images(real)  # before the pipeline loads: a wrong path fails at once
     model = load(source, device)
     opts = parse_options(model.sampler, options)
-    given = real_images(real, model.image_size)
+    if given.recipe is None:
+        given.data = given.data.model_copy(update={"image_size": model.image_size})
     cfg = given.evaluate
     n = num_samples or cfg.num_samples
     seed = given.seed if seed is None else seed
@@ -444,6 +443,13 @@ def evaluate(
         progress=progress,
         feature_extractor=feature_extractor or cfg.feature_extractor,
     )
+    if given.data.image_size != model.image_size:
+        from genctl.evaluation.fidelity import INPUT_SIZE
+
+        result.notes.append(
+            f"{model.name} makes {model.image_size} px images and the real ones are "
+            f"{given.data.image_size} px; Inception resizes both to {INPUT_SIZE} px"
+        )
     with deferred():  # the run is recorded whole or not at all
         run_id = _record(model, opts, given, dataset, n, seed, result, shown, record)
     return result, run_id, model

@@ -108,6 +108,7 @@ def pipelines(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def cli(workdir, monkeypatch, inception_weights):
     monkeypatch.setenv(fidelity.WEIGHTS_ENV, str(inception_weights))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a local folder sets it: undone after
     ev._REAL_MEMO.clear()
     runner = CliRunner()
 
