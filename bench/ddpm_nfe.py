@@ -43,6 +43,7 @@ ROWS = [
     "method=ddim eta=0",
     "method=ddpm",
     "method=dpmpp_2m",
+    "method=dpmpp_2m_sde",
     "method=unipc",
     "method=euler",
     "method=euler_a",

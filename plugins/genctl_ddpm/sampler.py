@@ -1,4 +1,5 @@
-"""Sampling: DDPM, DDIM or an ODE solver (DPM-Solver++ 2M, UniPC, Euler, Euler ancestral, Heun)
+"""Sampling: DDPM, DDIM or a solver in noise level (DPM-Solver++ 2M and its SDE form, UniPC,
+Euler, Euler ancestral, Heun)
 from noise (or from noised input images, img2img), with classifier-free guidance and guidance by a
 loss. The loop is :meth:`DiffusionSampler.sample`.
 """
@@ -26,7 +27,7 @@ from genctl_ddpm.scheduler import (
     make_scheduler,
 )
 
-Method = Literal["ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "euler_a", "heun"]
+Method = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "euler", "euler_a", "heun"]
 
 
 class DDPMSampleOptions(Schema):
@@ -61,7 +62,14 @@ class DDPMSampleOptions(Schema):
 
 
 # default steps of the methods other than ddim (50) and ddpm (T)
-DEFAULT_STEPS = {"dpmpp_2m": 20, "unipc": 20, "euler": 20, "euler_a": 20, "heun": 10}
+DEFAULT_STEPS = {
+    "dpmpp_2m": 20,
+    "dpmpp_2m_sde": 20,
+    "unipc": 20,
+    "euler": 20,
+    "euler_a": 20,
+    "heun": 10,
+}
 
 
 def network_calls(method: str, steps: int) -> int:

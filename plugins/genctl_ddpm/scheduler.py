@@ -575,10 +575,35 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             if self._previous_x0 is not None:
                 r = (_log_snr(s) - _log_snr(self.sigmas[i - 1])) / h
                 d = x0 + (x0 - self._previous_x0) / (2 * r)
-            prev = (sigma_next / sigma) * sample - alpha_next * torch.expm1(-h) * d
+            prev = self._update(sample, d, h, alpha_next, sigma_next, sigma, generator)
         self._previous_x0 = x0
         self._index += 1
         return StepOutput(prev, x0)
+
+    def _update(self, x, d, h, alpha_next, sigma_next, sigma, generator: Generators) -> Tensor:
+        """From ``x`` (noise std ``sigma``) to the next level, with the x_0 extrapolation ``d``."""
+        return (sigma_next / sigma) * x - alpha_next * torch.expm1(-h) * d
+
+
+class DPMSolverSDEScheduler(DPMSolverMultistepScheduler):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, https://arxiv.org/abs/2211.01095, appendix; diffusers'
+    ``algorithm_type="sde-dpmsolver++"``): the same multistep x_0 extrapolation, on the reverse
+    SDE instead of the ODE, so each step forgets part of the sample and adds fresh noise:
+
+        x_next = (sigma_t_next / sigma_t) e^-h x + alpha_next (1 - e^-2h) D
+                 + sigma_t_next sqrt(1 - e^-2h) z
+
+    As DDPM does to DDIM, the noise dilutes an early, poor x_0 estimate instead of carrying it
+    to the end. One network call per step; the last step lands on the x_0 estimate.
+    """
+
+    def _update(self, x, d, h, alpha_next, sigma_next, sigma, generator: Generators) -> Tensor:
+        noise = _noise_like(x, generator)
+        return (
+            (sigma_next / sigma) * torch.exp(-h) * x
+            - alpha_next * torch.expm1(-2 * h) * d
+            + sigma_next * (-torch.expm1(-2 * h)).sqrt() * noise
+        )
 
 
 class UniPCScheduler(SigmaScheduler):
@@ -655,6 +680,7 @@ SCHEDULERS: dict[str, type[_Scheduler] | type[SigmaScheduler]] = {
     "ddpm": DDPMScheduler,
     "ddim": DDIMScheduler,
     "dpmpp_2m": DPMSolverMultistepScheduler,
+    "dpmpp_2m_sde": DPMSolverSDEScheduler,
     "unipc": UniPCScheduler,
     "euler": EulerScheduler,
     "euler_a": EulerAncestralScheduler,

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from genctl.errors import BadInput
 from tests.plugins.test_ddpm import DIGITS, draw, make
 
-SOLVERS = ["dpmpp_2m", "unipc", "euler", "euler_a", "heun"]
+SOLVERS = ["dpmpp_2m", "dpmpp_2m_sde", "unipc", "euler", "euler_a", "heun"]
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def test_each_method_samples_images_the_seed_decides(method, prediction):
     assert not torch.allclose(a, draw(sampler, n=2, seed=4, method=method, steps=5))
 
 
-@pytest.mark.parametrize("method", ["euler_a", "dpmpp_2m"])
+@pytest.mark.parametrize("method", ["euler_a", "dpmpp_2m_sde"])
 def test_a_list_of_generators_gives_what_one_call_per_image_gives(method):
     _, _, sampler = make()
     opts = DDPMSampleOptions(method=method, steps=4)

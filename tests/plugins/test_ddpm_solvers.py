@@ -33,10 +33,11 @@ PEER = {
     "euler_a": "EulerAncestralDiscreteScheduler",
     "heun": "HeunDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
 SIGMA_SPACE = {"euler", "euler_a", "heun"}  # diffusers' sample is y, not x_t
-CLIPS = {"heun", "dpmpp_2m", "unipc"}  # diffusers can clamp x_0 to [-1, 1] in these
+CLIPS = {"heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"}  # diffusers can clamp x_0 to [-1, 1] in these
 T = 1000
 TOL = 1e-4
 
@@ -75,8 +76,9 @@ def pair(
         config.update(thresholding=True, sample_max_value=1.0)
     if method == "unipc":
         config.update(solver_type="bh2", solver_order=2)
-    if method == "dpmpp_2m":
-        config.update(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint")
+    if method in {"dpmpp_2m", "dpmpp_2m_sde"}:
+        algorithm = "sde-dpmsolver++" if method == "dpmpp_2m_sde" else "dpmsolver++"
+        config.update(algorithm_type=algorithm, solver_order=2, solver_type="midpoint")
     peer_class = getattr(diffusers, PEER[method])
     if zero_snr and method == "heun":
         peer_class = _heun_at_2_24
@@ -90,7 +92,7 @@ def pair(
     elif spacing == "trailing":  # the one spacing all five define as genctl does
         peer = peer_class(**config, timestep_spacing="trailing")
         peer.set_timesteps(steps)
-    elif method in {"euler", "heun", "dpmpp_2m"}:  # they take custom timesteps
+    elif method in {"euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"}:  # they take custom timesteps
         peer = peer_class(**config)
         peer.set_timesteps(timesteps=ours.level_timesteps.long().tolist())
     else:  # the others space leading and linspace differently: give them genctl's levels
@@ -137,12 +139,13 @@ def run_both(ours, peer, method, prediction, reach=0.9):
         zip(ours.timesteps.tolist(), peer.timesteps.tolist(), strict=True)
     ):
         # the multistep solvers round karras levels' timesteps for the network; genctl does not
-        rounded = method in {"dpmpp_2m", "unipc"}
+        rounded = method in {"dpmpp_2m", "dpmpp_2m_sde", "unipc"}
         assert (round(t_ours) if rounded else t_ours) == pytest.approx(t_peer, abs=1e-3), k
         seen = peer.scale_model_input(y, peer.timesteps[k])
         assert torch.allclose(x, seen, atol=TOL, rtol=TOL), (k, (x - seen).abs().max())
         out = stand_in_network(x, t_ours, prediction, table, reach)
-        kw = {"generator": torch.Generator().manual_seed(k)} if method == "euler_a" else {}
+        noisy = method in {"euler_a", "dpmpp_2m_sde"}
+        kw = {"generator": torch.Generator().manual_seed(k)} if noisy else {}
         x = ours.step(out, t_ours, x, generator=torch.Generator().manual_seed(k)).prev_sample
         y = peer.step(out, peer.timesteps[k], y, **kw).prev_sample
     assert torch.allclose(x, y, atol=TOL, rtol=TOL), (x - y).abs().max()
@@ -163,7 +166,7 @@ def test_trailing_levels_and_timesteps_match_diffusers(method, steps):
     assert torch.allclose(ours.sigmas, peer_levels.float(), rtol=TOL, atol=0)
 
 
-@pytest.mark.parametrize("method", ["euler", "heun", "dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("method", ["euler", "heun", "dpmpp_2m", "dpmpp_2m_sde", "unipc"])
 def test_karras_levels_match_diffusers(method):
     ours, peer = pair(method, sigmas="karras", steps=12)
     levels = ours.sigmas[:-1]
@@ -175,7 +178,11 @@ def test_karras_levels_match_diffusers(method):
     assert torch.allclose(ours.sigmas, peer_levels.float(), rtol=1e-5, atol=0)
     peer_t = peer.timesteps.double()
     ours_t = ours.timesteps.double()
-    if method in {"dpmpp_2m", "unipc"}:  # they round the network's timesteps; genctl does not
+    if method in {
+        "dpmpp_2m",
+        "dpmpp_2m_sde",
+        "unipc",
+    }:  # they round the network's timesteps; genctl does not
         ours_t = ours_t.round()
     assert torch.allclose(ours_t, peer_t, atol=1e-3, rtol=0)
 
