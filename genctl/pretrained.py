@@ -69,17 +69,20 @@ def _diffusers():
     """The diffusers module, or bad input naming the extra that installs it."""
     try:
         import diffusers
-        import transformers  # noqa: F401  (text encoders and tokenizers of Stable Diffusion)
+        import transformers  # Stable Diffusion's text encoder and tokenizer
     except ImportError as exc:
         raise BadInput(
             f"--pretrained needs Hugging Face diffusers and transformers ({exc.name} is not "
             "installed)",
             f'Install them with: pip install "genctl[{EXTRA}]"',
         ) from None
-    for name in ("diffusers", "transformers"):  # their warnings about configs are not ours
-        import logging
+    import logging
 
+    for name in ("diffusers", "transformers"):  # their warnings about configs are not ours
         logging.getLogger(name).setLevel(logging.ERROR)
+    # nor their bars for loading components and weights: genctl shows its own progress
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     return diffusers
 
 
