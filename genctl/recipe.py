@@ -157,6 +157,9 @@ class TrackingConfig(Schema):
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     run_name: str | None = None  # default: the recipe's name
     log_checkpoints: bool = True
+    # the final model as an MLflow logged model: a pyfunc that `mlflow.pyfunc.load_model` and
+    # `mlflow models serve` draw images with, and what `genctl runs register` registers
+    log_model: bool = True
     # a remote store that goes away is retried this long (metrics, tags, checkpoints, grids) while
     # training goes on; the run's end waits for it at most until it has been away this long
     retry_seconds: float = Field(600.0, gt=0)

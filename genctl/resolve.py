@@ -236,3 +236,24 @@ def init_from(nets: dict[str, nn.Module], ref: str) -> None:
     for k, v in ckpt.get("ema", {}).items():
         states[k[: -len("_ema")]] = v
     load_nets(nets, states, f"init_from {ref}")
+
+
+def check_model_name(name: str, alias: str | None = None) -> None:
+    """A registered model's name and alias must read back from ``models:/NAME@alias``."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise BadInput(
+            f"--name {name!r} is not a model name genctl can refer to",
+            "Use letters, digits, '.', '_' and '-' (mnist-gan), starting with a letter or digit.",
+        )
+    if alias is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", alias):
+        raise BadInput(
+            f"--alias {alias!r} is not an alias",
+            "Use letters, digits, '_' and '-' (champion, staging).",
+        )
+    if alias is not None and (alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias)):
+        raise BadInput(
+            f"--alias {alias!r} is reserved by MLflow (latest and v<number> name versions)",
+            "Choose another alias: champion, staging, candidate.",
+        )

@@ -432,6 +432,21 @@ class Tracker:
             ):
                 self._lock.wait(0.05)
 
+    def log_model(self, artifact: str, step: int, requirements: list[str]) -> str | None:
+        """Log the run's checkpoint ``artifact`` as its MLflow logged model, linked to the
+        metrics of ``step`` (written first); its id. A store that refuses it is a warning: the
+        run and its checkpoint stand, and `genctl runs register` logs it later."""
+        self.flush()
+        try:
+            return log_model(self.run_id, self.local_dir / artifact, step, requirements, self.uri)
+        except Exception as exc:
+            print(
+                f"warning: the final model was not logged as an MLflow model ({_error_line(exc)});"
+                " `genctl runs register` logs it when it registers the run",
+                file=sys.stderr,
+            )
+            return None
+
     # ------------------------------------------------------------ artifacts
 
     def log_image(self, image, key: str, step: int) -> None:
@@ -940,3 +955,195 @@ def ui(uri: str | None, host: str, port: int, browse: str | None = None) -> int:
         proc.terminate()
         proc.wait()
         raise
+
+
+# ---------------------------------------------------------------- logged models and the registry
+
+MODEL_NAME = "model"  # a run's logged model: its final model as an MLflow pyfunc
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc, as code: nothing pickled
+
+
+def pyfunc_model() -> None:
+    """Give MLflow genctl's pyfunc; run by ``mlflow_model.py`` when MLflow loads a logged model.
+
+    ``load_context`` rebuilds the model from genctl's checkpoint (``weights_only=True``) through
+    the installed family plugin; ``predict`` is :meth:`genctl.logged_model.ImageModel.predict`.
+    """
+    import warnings
+
+    import mlflow
+
+    # MLflow asks for type hints on predict (its own filter shows it whatever ours say); images
+    # in and out fit none of its types, so the advice is dropped here
+    shown = warnings.showwarning
+
+    def show(message, *args, **kwargs):
+        if "type hints" not in str(message):
+            shown(message, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+
+        class GenctlImages(mlflow.pyfunc.PythonModel):
+            """Images from {n, seed, options} (and {images} for translation): N x H x W x C
+            uint8."""
+
+            def load_context(self, context):
+                from genctl.logged_model import ImageModel
+
+                self.model = ImageModel.load(context.artifacts["checkpoint"])
+
+            def predict(self, context, model_input, params=None):
+                return self.model.predict(model_input)
+
+        mlflow.models.set_model(GenctlImages())
+    finally:
+        warnings.showwarning = shown
+
+
+def log_model(
+    run_id: str,
+    checkpoint_path: str | Path,
+    step: int,
+    requirements: list[str],
+    uri: str | None = None,
+) -> str:
+    """Log checkpoint ``checkpoint_path`` of run ``run_id`` as its MLflow logged model (a pyfunc
+    from code, see :func:`pyfunc_model`), linked to the run's metrics of ``step``; its id."""
+    mlflow = _mlflow(uri)
+    from mlflow import pyfunc
+    from mlflow.models import Model
+
+    run = mlflow.MlflowClient(tracking_uri=resolve_uri(uri)).get_run(run_id)
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)  # where the model is recorded
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one local copy
+    info = Model.log(
+        artifact_path=None,
+        name=MODEL_NAME,
+        flavor=pyfunc,
+        run_id=run_id,
+        step=int(step),
+        python_model=str(MODEL_CODE),
+        artifacts={"checkpoint": str(checkpoint_path)},
+        pip_requirements=requirements,  # given: MLflow would otherwise load the model to guess
+        tags={PLUGIN_TAG: run.data.tags.get(PLUGIN_TAG, ""), "genctl.step": str(step)},
+    )
+    return info.model_id
+
+
+def logged_model_of(run_id: str, uri: str | None = None) -> str | None:
+    """The id of run ``run_id``'s newest logged model named ``model``, or None."""
+    c = client(uri)
+    run = c.get_run(run_id)
+    found = c.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        max_results=1,
+    )
+    return found[0].model_id if found else None
+
+
+def register(run_id: str, model_id: str, name: str, alias: str | None, uri: str | None = None):
+    """A new version of registered model ``name`` from logged model ``model_id`` of ``run_id``,
+    with ``alias`` pointing at it; its version number. A name or alias MLflow refuses is bad
+    input."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    try:
+        try:
+            c.get_registered_model(name)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            c.create_registered_model(name)
+        version = c.create_model_version(
+            name, f"models:/{model_id}", run_id=run_id, model_id=model_id
+        )
+        if alias:
+            c.set_registered_model_alias(name, alias, version.version)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
+            raise
+        raise BadInput(
+            f"MLflow refuses the registration: {str(exc).splitlines()[0][:200]}",
+            "A model name is letters, digits, '-', '_' and '.'; an alias the same, not "
+            "'latest' nor v<number> (those name versions already).",
+        ) from None
+    return int(version.version)
+
+
+def _parse_models_uri(ref: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@alias`` -> (NAME, alias, None); ``models:/NAME/3`` -> (NAME, None, "3")."""
+    body = ref[len("models:/") :].strip("/")
+    if "@" in body:
+        name, _, alias = body.rpartition("@")
+        if name and alias and "/" not in name:
+            return name, alias, None
+    else:
+        name, _, version = body.rpartition("/")
+        if name and version.isdigit() and "/" not in name:
+            return name, None, version
+    raise BadInput(
+        f"{ref!r} is not a registered model reference",
+        "Write models:/NAME@ALIAS (models:/mnist-gan@champion) or models:/NAME/VERSION.",
+    )
+
+
+def registered_checkpoint(ref: str, uri: str | None = None) -> Path:
+    """The genctl checkpoint kept in the logged model that ``models:/NAME@alias`` (or
+    ``models:/NAME/VERSION``) points to; bad input naming what exists when it points nowhere."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, number = _parse_models_uri(ref)
+    c = client(uri)
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        names = sorted(m.name for m in c.search_registered_models(max_results=50))
+        raise BadInput(
+            f"no registered model {name!r} in the tracking store {resolve_uri(uri)}",
+            f"Registered models: {', '.join(names) or 'none'}; register a run with "
+            "`genctl runs register RUN_ID --name NAME --alias champion`.",
+        ) from None
+    try:
+        mv = (
+            c.get_model_version_by_alias(name, alias)
+            if alias
+            else c.get_model_version(name, number)
+        )
+    except MlflowException:
+        model = c.get_registered_model(name)
+        aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items()))
+        latest = max((int(v.version) for v in model.latest_versions), default=0)
+        raise BadInput(
+            f"registered model {name!r} has no "
+            + (f"alias @{alias}" if alias else f"version {number}"),
+            f"It has versions 1 to {latest}"
+            + (f" and aliases {aliases}" if aliases else "")
+            + "; set one with `genctl runs register RUN_ID --name NAME --alias ALIAS`.",
+        ) from None
+    # the logged model: its id, or (a store that keeps none) the source models:/<id>
+    model_id = mv.model_id or (mv.source or "").removeprefix("models:/")
+    if not model_id.startswith("m-"):
+        raise BadInput(f"{ref} was not registered by genctl: it has no logged model")
+    model = c.get_logged_model(model_id)
+    local = local_path(model.artifact_location)
+    if local is not None:
+        path = local / "artifacts" / "final.pt"
+        if path.is_file():
+            return path
+    else:
+        import mlflow
+
+        try:
+            dest = tempfile.mkdtemp(prefix="genctl-")
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{model.artifact_location}/artifacts/final.pt", dst_path=dest
+                )
+            )
+        except Exception:
+            pass
+    raise BadInput(f"{ref}: its logged model {model_id} holds no genctl checkpoint")

@@ -313,6 +313,10 @@ def _train(
         if tracker and not signals.requested:
             payload = _final(recipe, spec, info, step, run_id, nets, ema)
             _write_checkpoint(tracker, checkpoint.FINAL, payload, step, None)
+            if recipe.tracking.log_model:  # the final model as MLflow serves it (a pyfunc)
+                from genctl.logged_model import requirements
+
+                tracker.log_model(checkpoint.FINAL, step, requirements(spec))
         status = "KILLED" if signals.requested else "FINISHED"
     except Interrupted:
         status = "KILLED"

@@ -25,6 +25,13 @@ def evaluate_command(
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="Checkpoint file to evaluate.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Registered model: models:/NAME@ALIAS or models:/NAME/V (logged to its run).",
+        ),
+    ] = None,
     metrics: Annotated[
         str | None,
         typer.Option(
@@ -109,6 +116,7 @@ def evaluate_command(
     genctl evaluate --run RUN_ID --metrics fid,kid,isc,prc --num-samples 50000
     genctl evaluate --run RUN_ID guidance=3.0 steps=50
     genctl evaluate --checkpoint model.pt --device cuda
+    genctl evaluate --model models:/mnist-gan@champion
     genctl evaluate --run RUN_ID --metrics fid_domain,kid_domain --feature-extractor CLASSIFIER_RUN
     genctl evaluate --run RUN_ID --metrics auroc --anomaly-classes 7
     genctl evaluate --pretrained ./ddpm-cifar10-32 --real recipes/ddpm-cifar10.yaml steps=100
@@ -136,11 +144,14 @@ def evaluate_command(
             progress=progress,
         )
         return
-    if (run is None) == (checkpoint is None):
-        raise BadInput("say what to evaluate: exactly one of --run RUN_ID or --checkpoint PATH")
+    if sum(x is not None for x in (run, checkpoint, model)) != 1:
+        raise BadInput(
+            "say what to evaluate: exactly one of --run RUN_ID, --checkpoint PATH or "
+            "--model models:/NAME@ALIAS"
+        )
     wanted = parse_metrics(metrics.split(",")) if metrics is not None else None  # fail fast
     dev = _pick_device(device)
-    model = load_model(find_checkpoint(run=run, path=checkpoint), dev)
+    model = load_model(find_checkpoint(run=run, path=checkpoint, model=model), dev)
     recipe = validate(model.recipe, model.source, spec=model.spec)
     if anomaly_classes is not None:
         recipe = _with_anomaly_classes(recipe, anomaly_classes)

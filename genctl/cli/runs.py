@@ -54,6 +54,38 @@ def list_command(
         )
 
 
+@app.command("register")
+def register_command(
+    run_id: str = typer.Argument(..., help="The run whose final model to register."),
+    name: str = typer.Option(..., "--name", help="Registered model name, e.g. mnist-gan."),
+    alias: str = typer.Option(
+        None, "--alias", help="Point this alias at the new version, e.g. champion."
+    ),
+) -> None:
+    """Register a run's final model in MLflow's model registry, as a new version of NAME.
+
+    \b
+    genctl runs register RUN_ID --name mnist-gan --alias champion
+    genctl sample --model models:/mnist-gan@champion --out grid.png
+    """
+    from genctl import checkpoint, tracking
+    from genctl.logged_model import requirements
+    from genctl.plugins import get_spec
+    from genctl.resolve import check_model_name, resolve_checkpoint
+
+    check_model_name(name, alias)
+    tracking.get_run(run_id)  # an unknown run: bad input
+    model_id = tracking.logged_model_of(run_id)
+    path = resolve_checkpoint(run_id, (checkpoint.FINAL,))
+    step = checkpoint.load(path)["step"]
+    if model_id is None:  # a run from before genctl logged models, or tracking.log_model: false
+        spec = get_spec(checkpoint.load(path)["plugin"])
+        model_id = tracking.log_model(run_id, path, step, requirements(spec))
+    version = tracking.register(run_id, model_id, name, alias)
+    ref = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+    typer.echo(f"registered {name} version {version} from run {run_id} (step {step}): {ref}")
+
+
 def ui_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(5000, "--port", help="Port to listen on."),

@@ -49,6 +49,12 @@ def sample_command(
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="Checkpoint file to sample from.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Registered model to sample from: models:/NAME@ALIAS or models:/NAME/V."
+        ),
+    ] = None,
     step: Annotated[
         int | None,
         typer.Option(
@@ -98,6 +104,7 @@ def sample_command(
     genctl sample --plugin dcgan --n 64 --out grid.png
     genctl sample --run RUN_ID --seeds 0-15 --out faces/ truncation=0.7
     genctl sample --plugin cyclegan --input photos/ --out zebras/ direction=a2b
+    genctl sample --model models:/mnist-gan@champion --out grid.png
     genctl sample --pretrained ./ddpm-cifar10-32 --n 16 steps=100
     genctl sample --pretrained ./sd --seeds 0-3 --out cats/ prompt="a cat" guidance=7.5
 
@@ -142,16 +149,19 @@ def sample_command(
         )
         typer.echo(f"{total} images from {name} ({pretrained}) -> {where}")
         return
-    if sum(x is not None for x in (plugin, run, checkpoint)) != 1:
+    if sum(x is not None for x in (plugin, run, checkpoint, model)) != 1:
         raise BadInput(
-            "say what to sample from: exactly one of --plugin NAME, --run RUN_ID, --checkpoint PATH"
+            "say what to sample from: exactly one of --plugin NAME, --run RUN_ID, "
+            "--checkpoint PATH, --model models:/NAME@ALIAS"
         )
     if plugin is not None:
         from genctl.plugins import get_spec
 
         parse_options(get_spec(plugin), list(options or []))  # fail fast, before loading anything
     dev = _pick_device(device)
-    model = load_model(find_checkpoint(run=run, path=checkpoint, plugin=plugin, step=step), dev)
+    model = load_model(
+        find_checkpoint(run=run, path=checkpoint, plugin=plugin, step=step, model=model), dev
+    )
     opts = parse_options(model.spec, list(options or []))
     inputs, names = (None, None)
     if input is not None:
