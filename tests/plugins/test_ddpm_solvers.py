@@ -284,6 +284,23 @@ def test_euler_at_ddims_levels_is_ddim_at_eta_zero():
     assert torch.allclose(x, y, atol=1e-4)
 
 
+def test_euler_ancestral_at_ddpms_levels_is_ddpm():
+    """Euler ancestral's step, mean ``x_0 + (sigma_next / sigma)^2 (y - x_0)`` and noise
+    ``sigma_up``, is DDPM's posterior q(x_prev | x_t, x_0) in sigma space: with the same noise
+    the two give the same images (and DDIM at eta 1 too)."""
+    schedule = NoiseSchedule("linear", T, prediction="epsilon", clip_sample=True)
+    euler_a, ddpm = SCHEDULERS["euler_a"](schedule), SCHEDULERS["ddpm"](schedule)
+    euler_a.set_timesteps(20, "trailing")
+    ddpm.set_timesteps(20, "trailing")
+    x = y = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    table = euler_a.sigma_table.double().tolist()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for t in ddpm.timesteps.tolist():
+        x = euler_a.step(stand_in_network(x, t, "epsilon", table), float(t), x, g1).prev_sample
+        y = ddpm.step(stand_in_network(y, t, "epsilon", table), t, y, g2).prev_sample
+    assert torch.allclose(x, y, atol=1e-4)
+
+
 def test_heun_calls_the_network_twice_per_step_but_once_on_the_last():
     heun = HeunScheduler(NoiseSchedule("linear", T))
     heun.set_timesteps(10, "trailing")
