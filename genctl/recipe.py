@@ -163,6 +163,9 @@ class TrackingConfig(Schema):
     # a remote store that goes away is retried this long (metrics, tags, checkpoints, grids) while
     # training goes on; the run's end waits for it at most until it has been away this long
     retry_seconds: float = Field(600.0, gt=0)
+    # MLflow's system metrics on the run (system/...: CPU, memory, disk, network; GPU with
+    # nvidia-ml-py), sampled every 10 s or $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+    system_metrics: bool = False
 
 
 class RecipeBase(Schema):

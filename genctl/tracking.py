@@ -228,6 +228,7 @@ class Tracker:
         uri: str | None = None,
         run_id: str | None = None,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        system_metrics: bool = False,
     ):
         self.uri = resolve_uri(uri)
         mlflow = _mlflow(self.uri)
@@ -286,6 +287,7 @@ class Tracker:
         ]
         for t in self._threads:
             t.start()
+        self._system = self._start_system_metrics(run_id is not None) if system_metrics else None
 
     def _experiment(self, name: str) -> str:
         """The id of the experiment ``name``, created (as model training) when there is none.
@@ -576,6 +578,35 @@ class Tracker:
         parent = str(Path(item.key).parent)
         self._client.log_artifact(self.run_id, str(item.path), None if parent == "." else parent)
 
+    # ------------------------------------------------------------ system metrics
+
+    def _start_system_metrics(self, resumed: bool):
+        """MLflow's own system-metrics monitor on this run: CPU, memory, disk and network (and
+        GPU where ``nvidia-ml-py`` is installed) as ``system/...`` metrics, sampled every 10 s
+        (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``). A resumed run continues its steps. It
+        writes to the store from its own thread; a monitor that cannot start is warned about."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=resumed, tracking_uri=self.uri
+            )
+            monitor.start()
+            return monitor
+        except Exception as exc:  # psutil missing, a store that is away
+            _warn("system metrics are not recorded", exc)
+            return None
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the monitor and send what it sampled; a store that is away is not waited for
+        (MLflow's monitor would block on it), its last samples are then lost."""
+        monitor, self._system = getattr(self, "_system", None), None
+        if monitor is None:
+            return
+        done = threading.Thread(target=monitor.finish, name="genctl-system-metrics", daemon=True)
+        done.start()
+        done.join(timeout=MAX_BACKOFF)
+
     # ------------------------------------------------------------ end
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -586,6 +617,7 @@ class Tracker:
         the working folder, artifacts stay in the staging folder; both are listed on stderr (and
         the artifacts in the run's ``genctl.not_uploaded`` tag, if the store is back for it).
         """
+        self._stop_system_metrics()
         self._stop.set()
         with self._lock:
             self._lock.notify_all()

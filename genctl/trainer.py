@@ -709,6 +709,7 @@ def _start_tracking(recipe: Recipe, spec, run_id: str | None, dataset=None):
         uri=t.uri,
         run_id=run_id,
         retry_seconds=t.retry_seconds,
+        system_metrics=t.system_metrics,
     )
     tracker.log_params(flatten(recipe.to_dict()))
     tracker.set_tags(

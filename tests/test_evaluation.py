@@ -424,6 +424,20 @@ def test_paired_translation_compares_each_output_with_its_own_target(tmp_path, c
     assert math.isinf(res.metrics["psnr"]) and res.metrics["ssim"] == pytest.approx(1.0)
 
 
+def test_the_test_split_a_translation_is_judged_on_is_named_as_its_evaluation_data(tmp_path, cache):
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        _write_png(
+            tmp_path / "facades" / "test" / f"{i}.png", rng.integers(0, 256, (8, 16, 3), "u1")
+        )
+    spec = _spec("paired", Identity)
+    recipe = _recipe(spec, {"kind": "paired", "root": str(tmp_path / "facades"), "image_size": 8})
+    source = source_for(recipe, Identity(None, None, None), device="cpu", num_samples=10, seed=0)
+    ((config, data),) = source.datasets  # what `genctl evaluate` records as the run's input
+    assert config.split == "test" and config.root == recipe.data.root
+    assert len(data.tensors["target"]) == 3 and data.fingerprint
+
+
 def test_unpaired_translation_is_judged_against_the_target_domain_test_set(tmp_path, cache):
     rng = np.random.default_rng(2)
     for split, n in (("testA", 3), ("testB", 5), ("trainA", 1), ("trainB", 1)):

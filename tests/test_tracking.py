@@ -84,6 +84,49 @@ def test_a_store_that_refuses_the_dataset_input_does_not_fail_the_run(workdir, c
     assert get_run(tracker.run_id).status == "FINISHED"
 
 
+def _system_metrics(run_id: str, wait: float = 60.0) -> dict[str, float]:
+    """The run's system/ metrics, waited for (MLflow's monitor writes from its own thread)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = {k: v for k, v in client().get_run(run_id).data.metrics.items() if "system/" in k}
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_system_metrics_are_mlflows_own_on_the_run(workdir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    tracker = Tracker(experiment="e", run_name="r", system_metrics=True)
+    try:
+        found = _system_metrics(tracker.run_id)
+    finally:
+        tracker.finish()
+    assert 0 <= found["system/cpu_utilization_percentage"] <= 100
+    assert found["system/system_memory_usage_megabytes"] > 0
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
+    assert get_run(tracker.run_id).status == "FINISHED"
+
+
+def test_the_recipe_turns_system_metrics_on_for_the_training_run(workdir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
+    sampled = threading.Event()
+    real = Tracker.log_metrics
+
+    def log_metrics(self, metrics, step):  # training goes on once the monitor has sampled
+        if self._system is not None and not sampled.is_set():
+            sampled.set()
+            assert _system_metrics(self.run_id)
+        real(self, metrics, step)
+
+    monkeypatch.setattr(Tracker, "log_metrics", log_metrics)
+    on = apply_overrides(TOY_RECIPE, ["train.steps=5", "tracking.system_metrics=true"])
+    run_on = train(validate(on, spec=toy.SPEC), progress=False).run_id
+    off = apply_overrides(TOY_RECIPE, ["train.steps=5"])
+    run_off = train(validate(off, spec=toy.SPEC), progress=False).run_id
+    assert sampled.is_set() and "system/cpu_utilization_percentage" in get_run(run_on).metrics
+    assert not [k for k in get_run(run_off).metrics if k.startswith("system/")]  # off by default
+
+
 def test_metrics_survive_a_store_that_fails_for_a_while(workdir):
     tracker = Tracker(experiment="e", run_name="r")
     real = tracker._client.log_batch

@@ -188,7 +188,7 @@ def evaluate_command(
         typer.echo("not logged: this checkpoint belongs to no MLflow run")
         return
     with deferred():  # the numbers, protocol and notes are logged together or not at all
-        _log(run_id, recipe.tracking.uri, result, model.step)
+        _log(run_id, recipe.tracking.uri, result, model.step, source.datasets)
     typer.echo(f"logged to run {run_id} at step {model.step}")
 
 
@@ -299,14 +299,18 @@ def format_protocol(p: dict[str, str]) -> str:
     return f"protocol {p['eval.protocol']}: " + "; ".join(parts)
 
 
-def _log(run_id: str, uri: str | None, result, step: int) -> None:
-    """Log to the run without changing its status (a run still training stays RUNNING)."""
+def _log(run_id: str, uri: str | None, result, step: int, datasets=()) -> None:
+    """Log to the run without changing its status (a run still training stays RUNNING), with
+    the data the real images came from as its evaluation dataset inputs (MLflow keeps one
+    context per dataset of a run: the training data itself stays recorded as training)."""
     from genctl.evaluation import record
     from genctl.tracking import Tracker, get_run
 
     status = get_run(run_id, uri).status
     tracker = Tracker(experiment="", run_name="", uri=uri, run_id=run_id)
     try:
+        for config, dataset in datasets:
+            tracker.log_data(config, dataset, context="evaluation")
         record(tracker, result, step, on_demand=True)
     finally:
         tracker.finish(status)

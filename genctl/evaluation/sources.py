@@ -58,6 +58,8 @@ class ImageSource:
     classifier: Any = None
     # labelled test images for the model's anomaly scores (`auroc`), see genctl.evaluation.anomaly
     anomaly: Any = None
+    # (data config, dataset) the real images come from: the run's evaluation dataset inputs
+    datasets: list[tuple[Any, Any]] = field(default_factory=list)
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -208,23 +210,27 @@ def source_for(
             likelihood=heldout,
             classifier=classification.held_out(recipe, sampler),
             anomaly=anomaly.held_out(recipe, sampler, seed),
+            datasets=[(recipe.data, data)],
         )
 
     data, notes = _test_split(recipe.data)
     t = data.tensors
     split = "test" if not notes else recipe.data.split
+    used = [(recipe.data.model_copy(update={"split": split}), data)]
     if task == "paired":
         n = min(num_samples, len(t["input"]))
         inputs, targets = t["input"][:n], t["target"][:n]
         name = f"{_where(recipe.data)} {split} targets ({n})"
         generate = translated(sampler, options, inputs, seed, device)
-        return ImageSource(generate, n, targets, name, True, notes=notes, protocol=protocol)
+        return ImageSource(
+            generate, n, targets, name, True, notes=notes, protocol=protocol, datasets=used
+        )
     if task == "unpaired":
         n = min(num_samples, len(t["a"]))
         real = t["b"][: min(num_samples, len(t["b"]))]
         name = f"{_where(recipe.data)} {split} target domain ({len(real)})"
         generate = translated(sampler, options, t["a"][:n], seed, device)
-        return ImageSource(generate, n, real, name, notes=notes, protocol=protocol)
+        return ImageSource(generate, n, real, name, notes=notes, protocol=protocol, datasets=used)
     if task == "super_resolution":
         n = min(num_samples, len(t["hr"]))
         hr, scale = t["hr"][:n], recipe.data.scale
@@ -233,7 +239,17 @@ def source_for(
         baselines = {"bicubic": bicubic(hr, scale)}
         # as SR papers report: the Y channel, `scale` px cropped from each border
         return ImageSource(
-            generate, n, hr, name, True, baselines, notes, protocol, y_channel=True, border=scale
+            generate,
+            n,
+            hr,
+            name,
+            True,
+            baselines,
+            notes,
+            protocol,
+            y_channel=True,
+            border=scale,
+            datasets=used,
         )
     raise BadInput(f"cannot evaluate models of task {task!r}")
 

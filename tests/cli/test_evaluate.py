@@ -71,6 +71,40 @@ def test_evaluate_run_logs_to_that_run_and_prints_a_table(cli, trained):
     )
 
 
+def _inputs(run_id: str) -> list[tuple[str, str, str]]:
+    from genctl.tracking import client
+
+    run = client().get_run(run_id)
+    return [
+        (d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+        for d in run.inputs.dataset_inputs
+    ]
+
+
+def test_evaluate_records_the_real_images_data_as_the_runs_evaluation_input(
+    cli, workdir, monkeypatch
+):
+    from genctl.data import load_dataset
+    from genctl.recipe import load
+    from genctl.tracking import Tracker
+
+    recipe = write_recipe(workdir / "toy.yaml")
+    digest = load_dataset(load(recipe).data).fingerprint
+    with monkeypatch.context() as m:  # a run from before genctl recorded its training data
+        m.setattr(Tracker, "log_data", lambda *a, **k: None)
+        res = cli("train", recipe, "train.steps=2", "--no-progress")
+    run_id = res.output.split("run ")[1].split()[0]
+    assert _inputs(run_id) == []
+    assert cli("evaluate", "--run", run_id, "--metrics", "kid", *SMALL).exit_code == 0
+    assert _inputs(run_id) == [("shapes", digest, "evaluation")]
+
+
+def test_evaluating_on_the_training_data_keeps_its_training_record(cli, trained):
+    before = _inputs(trained)
+    assert cli("evaluate", "--run", trained, "--metrics", "kid", *SMALL).exit_code == 0
+    assert _inputs(trained) == before and before[0][2] == "training"
+
+
 def test_a_second_evaluation_uses_the_cached_real_statistics(cli, trained):
     first = cli("evaluate", "--run", trained, "--metrics", "kid", *SMALL)
     ev._REAL_MEMO.clear()  # as if a new process
