@@ -147,12 +147,15 @@ class Contract:
             )
         return sampler
 
-    def loader(self) -> Any:
+    def loader(self, objective: Any = None) -> Any:
+        """Batches of the data, or of what ``objective.prepare_data`` makes of it (as the
+        trainer batches it)."""
         from genctl.data import Loader
 
-        return Loader(
-            self.dataset, self.recipe.train.batch_size, seed=self.seed, device=self.device
-        )
+        data = self.dataset
+        if objective is not None and hasattr(objective, "prepare_data"):
+            data = objective.prepare_data(data)
+        return Loader(data, self.recipe.train.batch_size, seed=self.seed, device=self.device)
 
     def preview_batch(self, n: int) -> dict[str, torch.Tensor]:
         from genctl.data import preview_batch
@@ -357,7 +360,7 @@ def check_training_step(c: Contract) -> None:
     """One optimizer step per group: finite loss, finite logs, a finite gradient everywhere."""
     nets = c.build()
     objective = c.objective(nets)
-    loader = c.loader()
+    loader = c.loader(objective)
     for group in _groups(c, objective, nets):
         _step(c, objective, nets, group, loader.next(), check=True)
 
@@ -370,7 +373,7 @@ def check_checkpoint(c: Contract) -> None:
     """
     nets = c.build()
     objective = c.objective(nets)
-    loader = c.loader()
+    loader = c.loader(objective)
     for group in _groups(c, objective, nets):
         _step(c, objective, nets, group, loader.next(), check=False)
     saved = {

@@ -95,15 +95,6 @@ def _train(
         from genctl.evaluation import check_ready
 
         check_ready(recipe)
-    loader = Loader(
-        dataset,
-        cfg.batch_size,
-        seed=cfg.seed,
-        device=device,
-        flip=recipe.data.flip,
-        rank=dist.rank,
-        world_size=dist.world,
-    )
 
     # Networks, their EMA copies, the objective and one optimizer per group.
     spec, config = recipe.spec, recipe.model
@@ -120,6 +111,18 @@ def _train(
             net.compile()
     objective = spec.objective(config, nets, info)
     _check_groups(objective, nets)
+    # A model that trains on a transform of the data (latent diffusion: its frozen autoencoder's
+    # latents) makes it once here, and the loader batches that instead of the images.
+    batches = objective.prepare_data(dataset) if hasattr(objective, "prepare_data") else dataset
+    loader = Loader(
+        batches,
+        cfg.batch_size,
+        seed=cfg.seed,
+        device=device,
+        flip=recipe.data.flip,
+        rank=dist.rank,
+        world_size=dist.world,
+    )
     optimizers = {
         g: _make_optimizer(cfg, g, nets, names, objective) for g, names in objective.groups.items()
     }

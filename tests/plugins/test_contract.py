@@ -8,6 +8,7 @@ the family's networks. One test per family and check, so a failure names both.
 from __future__ import annotations
 
 from importlib.metadata import distribution
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,15 @@ TINY: dict[str, list[str]] = {
     "vae": ["model.width=4", "model.latent_channels=2"],
     "pixelcnn": ["data.image_size=8", "model.width=8", "model.layers=1", "model.levels=4"],
     "classifier": ["model.width=8", "model.pool=2", "train.grid_size=3"],
+    "ldm": [  # plus model.autoencoder: a tiny VAE checkpoint (_extra_overrides)
+        "model.base_channels=8",
+        "model.channel_mults=[1,2]",  # the 16 px shapes' latent is 2 x 4 x 4
+        "model.num_res_blocks=1",
+        "model.attention_resolutions=[2]",
+        "model.norm_groups=4",
+        "model.timesteps=50",
+        "model.conditional=true",  # the labels check: classes in latent space
+    ],
 }
 # ProGAN at step 3 fades 8x8 in (4x4 stable for 2 steps, then a 2-step fade): every layer works.
 STEP = {"progan": 3}
@@ -91,13 +101,24 @@ def contracts() -> dict[str, testing.Contract]:
     return {}
 
 
-def _contract(contracts: dict[str, testing.Contract], name: str) -> testing.Contract:
+def _extra_overrides(name: str, folder: Path) -> list[str]:
+    """Overrides that need a file: ldm trains on the latents of an autoencoder checkpoint."""
+    if name == "ldm":
+        from tests.plugins.test_ldm import write_autoencoder
+
+        return [f"model.autoencoder={write_autoencoder(folder / 'vae.pt')}"]
+    return []
+
+
+def _contract(contracts: dict[str, testing.Contract], name: str, folder: Path) -> testing.Contract:
     if name not in contracts:
         recipe = recipes_dir() / f"{name}.yaml"
+        if not recipe.is_file() and (recipes_dir() / f"{name}-mnist.yaml").is_file():
+            recipe = recipes_dir() / f"{name}-mnist.yaml"
         contracts[name] = testing.make_contract(
             name,
             recipe if recipe.is_file() else None,
-            TINY.get(name, []),
+            [*TINY.get(name, []), *_extra_overrides(name, folder)],
             step=STEP.get(name, 0),
         )
     return contracts[name]
@@ -105,8 +126,10 @@ def _contract(contracts: dict[str, testing.Contract], name: str) -> testing.Cont
 
 @pytest.mark.parametrize("check", list(testing.CHECKS))
 @pytest.mark.parametrize("name", BUILTIN)
-def test_builtin_plugin_keeps_the_contract(contracts, name, check):
-    testing.CHECKS[check](_contract(contracts, name))
+def test_builtin_plugin_keeps_the_contract(contracts, name, check, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GENCTL_CACHE", str(tmp_path_factory.getbasetemp() / "contract-cache"))
+    folder = tmp_path_factory.getbasetemp()
+    testing.CHECKS[check](_contract(contracts, name, folder))
 
 
 def test_every_builtin_model_has_tiny_settings_here():
