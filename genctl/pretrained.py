@@ -151,12 +151,28 @@ def load(source: str, device: torch.device | str = "cpu") -> Pretrained:
             f"DiffusionPipeline.from_pretrained({source!r}).save_pretrained(DIR) (or `hf download "
             f"{source} --local-dir DIR`), then give --pretrained DIR.",
         ) from None
+    kind = pipeline_kind(pipe)
     pipe.set_progress_bar_config(disable=True)  # genctl shows its own progress
     pipe = pipe.to(torch.device(device))
-    params = inspect.signature(pipe.__call__).parameters
-    kind = "text_to_image" if "prompt" in params else "unconditional"
     sampler = PipelineSampler(pipe, kind)
     return Pretrained(pipe, source, type(pipe).__name__, kind, _image_size(pipe), sampler)
+
+
+def pipeline_kind(pipe: Any) -> str:
+    """``text_to_image`` for a pipeline that takes a ``prompt``, ``unconditional`` for one that
+    takes a ``batch_size``; any other (class-conditional DiT, inpainting, ...) is bad input."""
+    params = inspect.signature(pipe.__call__).parameters
+    if "output_type" in params and "generator" in params:
+        if "prompt" in params:
+            return "text_to_image"
+        if "batch_size" in params and "class_labels" not in params:
+            return "unconditional"
+    raise BadInput(
+        f"--pretrained: {type(pipe).__name__} is neither an unconditional pipeline (batch_size=) "
+        "nor a text-to-image one (prompt=), the kinds genctl samples",
+        "Sample it with diffusers itself, or give an unconditional DDPM/DDIM or a Stable "
+        "Diffusion pipeline.",
+    )
 
 
 def _image_size(pipe: Any) -> int:
@@ -408,6 +424,7 @@ def evaluate(
     from genctl.evaluation import DOMAIN_METRICS, INCEPTION_METRICS, evaluate, record
     from genctl.evaluation.sources import ImageSource, real_subset, sampled, sampler_protocol
     from genctl.interrupts import deferred
+    from genctl.sampling import default_batch_size
 
     given = real_images(real)  # before the pipeline loads: a wrong path fails at once
     model = load(source, device)
@@ -442,7 +459,9 @@ def evaluate(
         metrics or default,
         weights=weights or cfg.feature_extractor_weights,
         device=device,
-        batch_size=batch_size or cfg.batch_size,
+        # the recipe's batch, but no more than `genctl sample` draws at once at this size (4 at
+        # 512 px): a 64-image batch of a Stable Diffusion is tens of GB
+        batch_size=batch_size or min(cfg.batch_size, default_batch_size(model.image_size)),
         progress=progress,
         feature_extractor=feature_extractor or cfg.feature_extractor,
     )

@@ -241,6 +241,21 @@ def test_options_a_pipeline_does_not_take_are_bad_input(cli, pipelines):
     _assert_bad_input(cli(*sd, "strength=0.5"), "strength is for img2img", "--input")
 
 
+def test_pipelines_of_other_kinds_are_bad_input():
+    from genctl.errors import BadInput
+    from genctl.pretrained import pipeline_kind
+
+    class ClassConditional:  # as DiTPipeline
+        def __call__(self, class_labels, generator=None, output_type="pil"): ...
+
+    class Unconditional:  # as DDPMPipeline
+        def __call__(self, batch_size=1, generator=None, output_type="pil"): ...
+
+    assert pipeline_kind(Unconditional()) == "unconditional"
+    with pytest.raises(BadInput, match="ClassConditional is neither an unconditional"):
+        pipeline_kind(ClassConditional())
+
+
 def test_a_folder_without_a_pipeline_is_bad_input(cli, workdir):
     (workdir / "empty").mkdir()
     _assert_bad_input(cli("sample", "--pretrained", "empty"), "no model_index.json")
