@@ -162,7 +162,7 @@ def pipeline_kind(pipe: Any) -> str:
     """``text_to_image`` for a pipeline that takes a ``prompt``, ``unconditional`` for one that
     takes a ``batch_size``; any other (class-conditional DiT, inpainting, ...) is bad input."""
     params = inspect.signature(pipe.__call__).parameters
-    if "output_type" in params and "generator" in params:
+    if "output_type" in params and "generator" in params and "mask_image" not in params:
         if "prompt" in params:
             return "text_to_image"
         if "batch_size" in params and "class_labels" not in params:

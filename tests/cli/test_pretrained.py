@@ -251,9 +251,15 @@ def test_pipelines_of_other_kinds_are_bad_input():
     class Unconditional:  # as DDPMPipeline
         def __call__(self, batch_size=1, generator=None, output_type="pil"): ...
 
+    class Inpainting:  # as StableDiffusionInpaintPipeline
+        def __call__(
+            self, prompt=None, image=None, mask_image=None, generator=None, output_type="pil"
+        ): ...
+
     assert pipeline_kind(Unconditional()) == "unconditional"
-    with pytest.raises(BadInput, match="ClassConditional is neither an unconditional"):
-        pipeline_kind(ClassConditional())
+    for other in (ClassConditional, Inpainting):
+        with pytest.raises(BadInput, match=f"{other.__name__} is neither an unconditional"):
+            pipeline_kind(other())
 
 
 def test_a_folder_without_a_pipeline_is_bad_input(cli, workdir):
