@@ -439,6 +439,13 @@ class Tracker:
         metrics of ``step`` (written first); its id. A store that refuses it is a warning: the
         run and its checkpoint stand, and `genctl runs register` logs it later."""
         self.flush()
+        if self._metric_outage.since is not None or self._upload_outage.since is not None:
+            print(  # MLflow would retry each call for minutes: the run's end must not wait on it
+                "warning: the tracking store is away, so the final model was not logged as an "
+                "MLflow model; `genctl runs register` logs it when it registers the run",
+                file=sys.stderr,
+            )
+            return None
         try:
             return log_model(self.run_id, self.local_dir / artifact, step, requirements, self.uri)
         except Exception as exc:
@@ -1179,3 +1186,18 @@ def registered_checkpoint(ref: str, uri: str | None = None) -> Path:
         except Exception:
             pass
     raise BadInput(f"{ref}: its logged model {model_id} holds no genctl checkpoint")
+
+
+def log_comparison(picture: Path, run_ids: list[str], experiment: str = "compare") -> str:
+    """A run of ``experiment`` holding the comparison picture of ``run_ids``; its id."""
+    tracker = Tracker(
+        experiment=experiment, run_name="compare " + " vs ".join(r[:8] for r in run_ids)
+    )
+    try:
+        tracker.set_tags({"genctl.compare.runs": ",".join(run_ids)})
+        tracker.log_artifact(picture)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return tracker.run_id

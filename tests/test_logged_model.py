@@ -1,5 +1,6 @@
-"""The final model as an MLflow logged model (a pyfunc from code, nothing pickled), and the
-model registry: `genctl runs register`, then `genctl sample/evaluate --model models:/NAME@alias`."""
+"""The final model as an MLflow logged model (a pyfunc from code, nothing pickled), the model
+registry (`genctl runs register`, then `genctl sample/evaluate --model models:/NAME@alias`), and
+`genctl runs compare` on the same tiny runs of three families."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def runs(tmp_path_factory, _empty_mlflow_db):
     mp.setenv("GENCTL_CACHE", str(root / ".cache"))
     torch.set_num_threads(1)
     try:
-        yield root, {name: _train(name, root) for name in FAMILIES}
+        ids = {name: _train(name, root) for name in FAMILIES}
+        ids["pix2pix-seed1"] = _train("pix2pix", root, "train.seed=1")  # a second translator
+        yield root, ids
     finally:
         mp.undo()
         os.chdir(old)
@@ -214,3 +217,112 @@ def test_sample_and_evaluate_with_an_unknown_model_are_bad_input(cli, workdir):
             res = cli(command, "--model", model)
             assert res.exit_code == 2, res.output
             assert message in res.output and "Traceback" not in res.output, res.output
+
+
+# ---------------------------------------------------------------- comparing runs (the same runs)
+
+
+def _tile(picture: np.ndarray, row: int, col: int, side: int) -> np.ndarray:
+    from genctl.compare import LABEL_WIDTH, PAD
+
+    y, x = PAD + row * (side + PAD), LABEL_WIDTH + PAD + col * (side + PAD)
+    return picture[y : y + side, x : x + side]
+
+
+def test_compare_shows_two_families_images_of_the_same_seeds_row_by_row(runs):
+    root, ids = runs
+    out = root / "gan-vs-ddpm.png"
+    res = CliRunner().invoke(
+        app,
+        [
+            "runs",
+            "compare",
+            ids["dcgan"],
+            ids["ddpm"],
+            "--seed",
+            "3",
+            "--n",
+            "4",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "step 2" in res.output
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    for row, name in enumerate(["dcgan", "ddpm"]):
+        model, _ = _load(runs, name)
+        drawn = model.predict({"n": 4, "seed": 3})  # what genctl sample --seed 3 draws
+        for col in range(4):
+            tile = _tile(picture, row, col, 64)[::4, ::4]  # 16 px shown 4x, nearest
+            assert np.array_equal(tile[..., 0], drawn[col, ..., 0]), (name, col)
+
+
+def test_compare_table_lists_the_params_that_differ_and_the_metrics(runs):
+    from genctl.compare import Row, table
+
+    root, ids = runs
+    infos = [tracking.get_run(ids[n]) for n in ("dcgan", "ddpm")]
+    rows = [
+        Row(i.run_id, i.name, i.plugin, 2, np.zeros((1, 8, 8, 3), np.uint8), i.params, i.metrics)
+        for i in infos
+    ]
+    lines = {line[0]: line[1:] for line in table(rows)}
+    assert lines["plugin"] == ["dcgan", "ddpm"]
+    assert "train.steps" not in lines  # the same in both: not a difference
+    assert "train/loss_g" in lines and lines["train/loss_g"][1] == "-"  # ddpm has no loss_g
+
+
+def test_compare_refuses_runs_of_different_tasks_saying_which(runs):
+    root, ids = runs
+    res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"], ids["pix2pix"]])
+    assert res.exit_code == 2, res.output
+    assert "different tasks" in res.output
+    assert "is unconditional" in res.output and "is paired" in res.output
+
+
+def test_compare_translates_the_same_inputs_with_every_run(runs):
+    root, ids = runs
+    a, b = ids["pix2pix"], ids["pix2pix-seed1"]
+    res = CliRunner().invoke(app, ["runs", "compare", a, b])
+    assert res.exit_code == 2 and "--input" in res.output, res.output
+    folder = root / "inputs"
+    folder.mkdir(exist_ok=True)
+    inputs = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    for k, im in enumerate(inputs):
+        Image.fromarray(im).save(folder / f"{k}.png")
+    out = root / "translations.png"
+    res = CliRunner().invoke(
+        app, ["runs", "compare", a, b, "--input", str(folder), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    for col in range(2):  # the first row shows the inputs, then each run's translations
+        assert np.array_equal(_tile(picture, 0, col, 64)[::4, ::4], inputs[col])
+    model, _ = _load(runs, "pix2pix")
+    drawn = model.predict({"images": inputs, "seed": 0})
+    assert np.array_equal(_tile(picture, 1, 1, 64)[::4, ::4], drawn[1])
+
+
+def test_compare_needs_two_different_runs(runs):
+    root, ids = runs
+    res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"], ids["dcgan"]])
+    assert res.exit_code == 2 and "named twice" in res.output, res.output
+    res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"]])
+    assert res.exit_code == 2 and "two runs or more" in res.output, res.output
+
+
+def test_compare_log_records_the_picture_in_a_comparison_run(runs):
+    root, ids = runs
+    out = root / "logged.png"
+    res = CliRunner().invoke(
+        app, ["runs", "compare", ids["dcgan"], ids["ddpm"], "--n", "2", "--out", str(out), "--log"]
+    )
+    assert res.exit_code == 0, res.output
+    run_id = res.output.split("comparison run ")[1].split()[0]
+    run = tracking.get_run(run_id)
+    assert run.experiment == "compare"
+    assert run.tags["genctl.compare.runs"] == f"{ids['dcgan']},{ids['ddpm']}"
+    logged = tracking.local_path(run.artifact_uri) / "logged.png"
+    assert logged.read_bytes() == out.read_bytes()
+    assert run_id not in {r.run_id for r in tracking.search_runs()}  # not a model: not listed

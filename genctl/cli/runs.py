@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 
 import typer
+
+from genctl.errors import BadInput
 
 app = typer.Typer(no_args_is_help=True)
 
 SHOWN_METRICS = ("eval/fid", "eval/kid_mean", "train/loss_g", "train/loss_d")
+COMPARE_EXPERIMENT = "compare"  # where `genctl runs compare --log` records its pictures
 
 
 @app.command("list")
@@ -84,6 +88,47 @@ def register_command(
     version = tracking.register(run_id, model_id, name, alias)
     ref = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
     typer.echo(f"registered {name} version {version} from run {run_id} (step {step}): {ref}")
+
+
+@app.command("compare")
+def compare_command(
+    run_ids: list[str] = typer.Argument(..., help="Two runs or more (of one task)."),
+    step: int = typer.Option(
+        None, "--step", min=0, help="Each run's kept checkpoint of this step (default: final)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="The seed every run draws its images from."),
+    n: int = typer.Option(8, "--n", "-n", min=1, max=64, help="Images per run."),
+    input: str = typer.Option(
+        None, "--input", "-i", help="Images to translate (translation and super-resolution runs)."
+    ),
+    out: Path = typer.Option(Path("compare.png"), "--out", "-o", help="The PNG to write."),
+    log: bool = typer.Option(False, "--log", help="Also log the picture to a comparison run."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
+) -> None:
+    """Runs side by side: the same seeds' images, one row per run, and below them the params
+    that differ and the metrics, in one PNG.
+
+    \b
+    genctl runs compare RUN_A RUN_B --seed 3 --out ab.png
+    genctl runs compare RUN_A RUN_B RUN_C --step 5000 --log
+    genctl runs compare PIX2PIX_RUN OTHER_PIX2PIX_RUN --input facades/test/
+    """
+    from genctl.compare import compare, save
+    from genctl.trainer import _pick_device
+
+    if out.suffix.lower() != ".png":
+        raise BadInput(f"--out {out} is not a .png file", "Give a file name ending in .png.")
+    picture, rows = compare(
+        run_ids, step=step, seed=seed, n=n, inputs=input, device=_pick_device(device)
+    )
+    save(picture, out)
+    steps = ", ".join(f"{r.name} step {r.step}" for r in rows)
+    typer.echo(f"{len(rows)} runs ({steps}), seed {seed} -> {out}")
+    if log:
+        from genctl.tracking import log_comparison
+
+        run = log_comparison(out, run_ids, COMPARE_EXPERIMENT)
+        typer.echo(f"logged to comparison run {run} (experiment {COMPARE_EXPERIMENT!r})")
 
 
 def ui_command(
