@@ -939,7 +939,9 @@ def ui_url(host: str, port: int, experiment: str | None = None, uri: str | None 
         if not newest:
             return f"{base}/"
         exp_id = client(uri).get_run(newest[0].run_id).info.experiment_id
-    return f"{base}/#/experiments/{exp_id}/runs"
+    # the Model training view (its runs, models and registry), not the GenAI one a browser new
+    # to the UI gets: MLflow keeps the choice per browser, this sets it on the first visit
+    return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
 
 def can_open_browser() -> bool:
@@ -969,6 +971,10 @@ def ui(uri: str | None, host: str, port: int, browse: str | None = None) -> int:
         host,
         "--port",
         str(port),
+        # one person's UI: MLflow's default of four worker processes, each importing MLflow,
+        # took 56 s to answer on a busy two-core machine where one took 21 s
+        "--workers",
+        "1",
     ]
     if store.startswith("sqlite:") or "://" not in store:
         cmd += ["--default-artifact-root", str(Path("mlruns").resolve())]

@@ -384,7 +384,7 @@ def test_ui_opens_on_the_runs_of_the_newest_runs_experiment(cli, trained, no_ser
     exp_id = client().get_run(trained).info.experiment_id
     res = cli("ui", "--port", 5123)
     assert res.exit_code == 0, res.output
-    url = f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs"
+    url = f"http://127.0.0.1:5123/#/experiments/{exp_id}/runs?workflowType=machine_learning"
     assert url in res.output and no_server["browse"] == url
     assert cli("ui", "--no-browser").exit_code == 0 and no_server["browse"] is None
 
