@@ -53,6 +53,12 @@ ROWS = [
 ]
 
 
+COLORS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a",
+]  # fmt: skip
+
+
 def steps_for(method: str, calls: int) -> int:
     """The most steps whose network calls fit ``calls``."""
     return (calls + 1) // 2 if method == "heun" else calls
@@ -67,23 +73,37 @@ def features(classifier: torch.nn.Module, images01: torch.Tensor, batch: int = 5
     return torch.cat(out).double()
 
 
-def plot(results: dict, path: Path) -> None:
-    """FID against network calls, one line per configuration, DDPM-T as a line across."""
+def plot(results: dict | list[dict], path: Path) -> None:
+    """FID against network calls, one line per configuration, DDPM-T as a line across; one
+    panel per results (model)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    panels = results if isinstance(results, list) else [results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), dpi=100, squeeze=False)
+    for ax, r in zip(axes[0], panels, strict=True):
+        _panel(ax, r)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _panel(ax, results: dict) -> None:
     lines: dict[str, list[tuple[int, float]]] = {}
     for row in results["rows"]:
         if row["config"] != "method=ddpm all":
             lines.setdefault(row["config"], []).append((row["calls"], row["fid"]))
-    for name, points in lines.items():
+    for i, (name, points) in enumerate(lines.items()):
         points.sort()
         style = "--" if "karras" in name else "-"
         ax.plot(
-            *zip(*points, strict=True), style, marker="o", ms=3, label=name.replace("method=", "")
+            *zip(*points, strict=True),
+            style,
+            marker="o",
+            ms=3,
+            color=COLORS[i % len(COLORS)],
+            label=name.replace("method=", ""),
         )
     full = [r for r in results["rows"] if r["config"] == "method=ddpm all"]
     if full:
@@ -94,11 +114,9 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticklabels(["5", "10", "20", "50", "100"])
     ax.set_xlabel("network calls per image")
     ax.set_ylabel(f"FID (MNIST classifier features, {results['n']} samples)")
-    ax.set_title(f"ddpm-mnist ({results.get('prediction', '')}), step {results['step']}")
+    ax.set_title(f"ddpm-mnist, {results.get('prediction', '')} prediction, step {results['step']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
 
 
 def main() -> None:
@@ -116,11 +134,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "ddpm_nfe.json"))
     ap.add_argument("--plot", help="write the plot (PNG) here")
-    ap.add_argument("--plot-only", action="store_true", help="plot --out's results and stop")
+    ap.add_argument(
+        "--plot-only", nargs="*", help="plot these result files side by side (--plot) and stop"
+    )
     args = ap.parse_intermixed_args()
     out = Path(args.out)
-    if args.plot_only:
-        plot(json.loads(out.read_text()), Path(args.plot))
+    if args.plot_only is not None:
+        plot([json.loads(Path(f).read_text()) for f in args.plot_only or [out]], Path(args.plot))
         return
 
     path = Path(args.model)
