@@ -131,6 +131,25 @@ def test_the_logged_model_carries_the_runs_metrics_of_its_step(runs):
     assert {m.step for m in logged.metrics} == {2}
 
 
+def test_mlflow_models_serve_answers_a_json_request_with_images(runs):
+    import json
+
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    model, _ = _load(runs, "dcgan")
+    client = TestClient(scoring_server.init(model))  # the app `mlflow models serve` runs
+    request = {"inputs": {"n": 2, "seed": 5, "options": {}}}
+    res = client.post(
+        "/invocations",
+        content=json.dumps(request),
+        headers={"Content-Type": "application/json"},
+    )
+    assert res.status_code == 200, res.text
+    served = np.array(res.json()["predictions"], dtype=np.uint8)
+    assert np.array_equal(served, model.predict({"n": 2, "seed": 5}))
+
+
 def test_a_bad_request_is_bad_input(runs):
     model, _ = _load(runs, "dcgan")
     with pytest.raises(Exception, match="unknown option 'nonsense'"):
