@@ -134,6 +134,7 @@ def evaluate_command(
             list(options or []),
             run=run,
             checkpoint=checkpoint,
+            model=model,
             metrics=parse_metrics(metrics.split(",")) if metrics is not None else None,
             num_samples=num_samples,
             batch_size=batch_size,
@@ -192,15 +193,15 @@ def evaluate_command(
     typer.echo(f"logged to run {run_id} at step {model.step}")
 
 
-def _evaluate_pretrained(pretrained, real, options, *, run, checkpoint, **kw) -> None:
+def _evaluate_pretrained(pretrained, real, options, *, run, checkpoint, model, **kw) -> None:
     """``--pretrained``: score the pipeline against ``--real`` and record a run of its own."""
     if pretrained is None or real is None:
         raise BadInput(
             "--pretrained and --real go together: the pipeline, and the real images to judge it by",
             "genctl evaluate --pretrained DIR_OR_HUB_ID --real IMAGE_FOLDER_OR_RECIPE",
         )
-    if run is not None or checkpoint is not None:
-        raise BadInput("--pretrained evaluates a pipeline: drop --run and --checkpoint")
+    if any(x is not None for x in (run, checkpoint, model)):
+        raise BadInput("--pretrained evaluates a pipeline: drop --run, --checkpoint and --model")
     from genctl import pretrained as hf
 
     result, run_id, model = hf.evaluate(pretrained, options, real=real, **kw)

@@ -130,9 +130,10 @@ def sample_command(
     from genctl.trainer import _pick_device
 
     if pretrained is not None:  # a diffusers pipeline, not a genctl model: genctl.pretrained
-        if any(x is not None for x in (plugin, run, checkpoint, step)):
+        if any(x is not None for x in (plugin, run, checkpoint, model, step)):
             raise BadInput(
-                "--pretrained samples a pipeline: drop --plugin, --run, --checkpoint, --step"
+                "--pretrained samples a pipeline: drop --plugin, --run, --checkpoint, --model, "
+                "--step"
             )
         from genctl import pretrained as hf
 

@@ -237,6 +237,7 @@ def test_options_a_pipeline_does_not_take_are_bad_input(cli, pipelines):
     _assert_bad_input(cli(*ddpm, "steps=50"), "DDPMPipeline:")  # > the 20 training timesteps
     _assert_bad_input(cli(*ddpm, "--input", "x.png"), "no image-to-image mode")
     _assert_bad_input(cli(*ddpm, "--plugin", "toy"), "drop --plugin")
+    _assert_bad_input(cli(*ddpm, "--model", "models:/x@y"), "drop --plugin", "--model")
     sd = ("sample", "--pretrained", pipelines["sd"], "--n", 1)
     _assert_bad_input(cli(*sd, "strength=0.5"), "strength is for img2img", "--input")
 
@@ -356,6 +357,9 @@ def test_evaluate_pretrained_bad_input(cli, pipelines, workdir):
     real = _real_folder(workdir / "real")
     _assert_bad_input(
         cli("evaluate", "--pretrained", ddpm, "--real", real, "--run", "x"), "drop --run"
+    )
+    _assert_bad_input(
+        cli("evaluate", "--pretrained", ddpm, "--real", real, "--model", "models:/x@y"), "--model"
     )
     _assert_bad_input(
         cli("evaluate", "--pretrained", ddpm, "--real", real, "--metrics", "nll", STEPS),
