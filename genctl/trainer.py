@@ -76,7 +76,7 @@ def train(recipe: Recipe, *, resume: str | None = None, progress: bool = True) -
 def _train(
     recipe: Recipe, resume: str | None, progress: bool, signals: interrupts.Signals
 ) -> TrainResult:
-    from genctl.data import Loader, load_dataset
+    from genctl.data import make_loader, open_dataset
 
     cfg = recipe.train
     dist = Distributed.from_env(cfg.device)  # torchrun: this rank's device and process group
@@ -87,8 +87,9 @@ def _train(
         checkpoint.check_family(ckpt, recipe.plugin, resume_path)
     _seed_everything(cfg.seed)
 
-    # Data: decoded once, held as uint8 tensors; the loader shards by rank and resumes exactly.
-    dataset = load_dataset(recipe.data)
+    # Data: decoded once into uint8 tensors, or streamed from the files by DataLoader workers
+    # when too large (genctl.data.stream); the loader shards by rank and resumes exactly.
+    dataset = open_dataset(recipe.data)
     info = dataset.info
     _check_task(recipe, info)
     if recipe.evaluate.every:  # no Inception weights offline: fail now, not at the first evaluation
@@ -114,7 +115,7 @@ def _train(
     # A model that trains on a transform of the data (latent diffusion: its frozen autoencoder's
     # latents) makes it once here, and the loader batches that instead of the images.
     batches = objective.prepare_data(dataset) if hasattr(objective, "prepare_data") else dataset
-    loader = Loader(
+    loader = make_loader(
         batches,
         cfg.batch_size,
         seed=cfg.seed,
