@@ -939,8 +939,8 @@ def ui_url(host: str, port: int, experiment: str | None = None, uri: str | None 
         if not newest:
             return f"{base}/"
         exp_id = client(uri).get_run(newest[0].run_id).info.experiment_id
-    # the Model training view (its runs, models and registry), not the GenAI one a browser new
-    # to the UI gets: MLflow keeps the choice per browser, this sets it on the first visit
+    # workflowType: MLflow's Model training view (runs, models, registry), where without it the
+    # UI opens in its GenAI view (traces, judges, prompts)
     return f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
 

@@ -156,8 +156,10 @@ def ui_url(store) -> str:
                 continue
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def page(browser, ui_url):
+    """One tab for the module: the UI boots once (seconds of JavaScript on a busy machine), then
+    each test moves within it as a user clicks, by the URL's fragment."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     # the assistant panel MLflow opens on a first visit would cover half of each screenshot
     context.add_init_script(
@@ -262,3 +264,4 @@ def test_a_run_shows_its_sample_grids_step_by_step(page, ui_url, store, shots):
         page.screenshot(path=shots / f"samples-step-{step}.png")
         image.screenshot(path=shots / f"samples-step-{step}-grid.png")
     assert len(shown) == 2  # two grids, one per step
+    page.keyboard.press("Escape")
