@@ -77,8 +77,8 @@ def open_dataset(cfg: DataConfig) -> Dataset | StreamDataset:
     elif cfg.stream:
         raise BadInput(
             f"data.stream: data.kind={cfg.kind} is always decoded into memory",
-            "Drop data.stream, or stream an image folder, zip or webdataset "
-            "(kinds images, webdataset, super_resolution, cifar10 image zips).",
+            "Drop data.stream, or stream image folders, zips or webdataset shards (kinds "
+            "images, webdataset, paired, unpaired, super_resolution, cifar10 image zips).",
         )
     return load_dataset(cfg)
 
@@ -366,11 +366,19 @@ def _two_keys(cfg: DataConfig, a: torch.Tensor, b: torch.Tensor, keys: tuple[str
     return {keys[0]: first, keys[1]: second}
 
 
-def _paired(cfg: DataConfig) -> Dataset:
+def _paired_files(cfg: DataConfig) -> tuple[Source, str | None, list[str], list[str] | None]:
+    """The source, its layout, and the A files with their B partners (None: AB images)."""
     source = Source(_root(cfg))
     base, layout = _paired_layout(cfg, source)
     if layout == "ab-folders":
         a_files, b_files = _match_pairs(source, base, cfg.limit)
+        return source, layout, a_files, b_files
+    return source, layout, list_images(source, base, labels=False, limit=cfg.limit).files, None
+
+
+def _paired(cfg: DataConfig) -> Dataset:
+    source, layout, a_files, b_files = _paired_files(cfg)
+    if b_files is not None:
         stamp = source.stamp(a_files + b_files)
 
         def make() -> dict:
@@ -379,11 +387,10 @@ def _paired(cfg: DataConfig) -> Dataset:
             return {"tensors": {"a": a, "b": b}}
 
     else:
-        il = list_images(source, base, labels=False, limit=cfg.limit)
-        stamp = source.stamp(il.files)
+        stamp = source.stamp(a_files)
 
         def make() -> dict:
-            a, b = _decode_list(cfg, il, halves=True)
+            a, b = _decode_list(cfg, ImageList(source, a_files, None, ()), halves=True)
             return {"tensors": {"a": a, "b": b}}
 
     payload, fp = _cached(cfg, [layout, stamp], _settings(cfg, "resize", "background"), make)
@@ -393,6 +400,22 @@ def _paired(cfg: DataConfig) -> Dataset:
 
 
 def _unpaired(cfg: DataConfig) -> Dataset:
+    source, lists = _unpaired_lists(cfg)
+
+    def make() -> dict:
+        (a,) = _decode_list(cfg, lists[0])
+        (b,) = _decode_list(cfg, lists[1])
+        return {"tensors": {"a": a, "b": b}}
+
+    stamp = [source.stamp(il.files) for il in lists]
+    payload, fp = _cached(cfg, stamp, _settings(cfg, "resize", "background"), make)
+    t, fp = payload["tensors"], cache.fingerprint(fp, cfg.direction)
+    info = DataInfo("unpaired", cfg.channels, cfg.image_size, size=max(len(t["a"]), len(t["b"])))
+    return Dataset(_two_keys(cfg, t["a"], t["b"], ("a", "b")), None, info, fp)
+
+
+def _unpaired_lists(cfg: DataConfig) -> tuple[Source, list[ImageList]]:
+    """The source and the image lists of domains A and B."""
     source = Source(_root(cfg))
     want = {f"{cfg.split}A", f"{cfg.split}B"}
     top = _descend(source, "", want)
@@ -408,17 +431,7 @@ def _unpaired(cfg: DataConfig) -> Dataset:
         list_images(source, _join(top, f"{cfg.split}{d}"), labels=False, limit=cfg.limit)
         for d in "AB"
     ]
-
-    def make() -> dict:
-        (a,) = _decode_list(cfg, lists[0])
-        (b,) = _decode_list(cfg, lists[1])
-        return {"tensors": {"a": a, "b": b}}
-
-    stamp = [source.stamp(il.files) for il in lists]
-    payload, fp = _cached(cfg, stamp, _settings(cfg, "resize", "background"), make)
-    t, fp = payload["tensors"], cache.fingerprint(fp, cfg.direction)
-    info = DataInfo("unpaired", cfg.channels, cfg.image_size, size=max(len(t["a"]), len(t["b"])))
-    return Dataset(_two_keys(cfg, t["a"], t["b"], ("a", "b")), None, info, fp)
+    return source, lists
 
 
 def _super_resolution(cfg: DataConfig) -> Dataset:
@@ -476,9 +489,8 @@ def _streamed(
         size=len(files),
         scale=cfg.scale if task == "super_resolution" else 1,
     )
-    workers = cfg.workers if cfg.workers is not None else default_workers(local_processes())
     parts = [Part((key,), il.source, files, decoder)]
-    return StreamDataset(parts, labels, info, fp, workers)
+    return StreamDataset(parts, labels, info, fp, _workers(cfg))
 
 
 def _images_streamed(cfg: DataConfig) -> StreamDataset | None:
@@ -519,9 +531,53 @@ def _super_resolution_streamed(cfg: DataConfig) -> StreamDataset | None:
     return _streamed(cfg, il, stamp, key="hr", task="super_resolution")
 
 
+def _workers(cfg: DataConfig) -> int:
+    return cfg.workers if cfg.workers is not None else default_workers(local_processes())
+
+
+def _paired_streamed(cfg: DataConfig) -> StreamDataset | None:
+    if cfg.stream is False:
+        return None
+    source, layout, a_files, b_files = _paired_files(cfg)
+    n, side = len(a_files), cfg.image_size
+    if not should_stream(
+        cfg.stream, 2 * n * cfg.channels * side * side, f"{n:,} pairs of {side}x{side}"
+    ):
+        return None
+    stamp = source.stamp(a_files + b_files) if b_files is not None else source.stamp(a_files)
+    fp = cache.fingerprint([layout, stamp], _settings(cfg, "resize", "background"))
+    decoder = Decoder(side, cfg.channels, cfg.resize, cfg.background, halves=b_files is None)
+    part = Part(
+        ("input", "target"), source, a_files, decoder, pair=b_files, swap=cfg.direction == "b2a"
+    )
+    info = DataInfo("paired", cfg.channels, side, size=n)
+    return StreamDataset([part], None, info, cache.fingerprint(fp, cfg.direction), _workers(cfg))
+
+
+def _unpaired_streamed(cfg: DataConfig) -> StreamDataset | None:
+    if cfg.stream is False:
+        return None
+    source, lists = _unpaired_lists(cfg)
+    n, side = sum(len(il.files) for il in lists), cfg.image_size
+    if not should_stream(cfg.stream, n * cfg.channels * side * side, f"{n:,} images of {side}"):
+        return None
+    stamp = [source.stamp(il.files) for il in lists]
+    fp = cache.fingerprint(stamp, _settings(cfg, "resize", "background"))
+    decoder = Decoder(side, cfg.channels, cfg.resize, cfg.background)
+    first, second = lists if cfg.direction == "a2b" else lists[::-1]
+    parts = [
+        Part(("a",), source, first.files, decoder),
+        Part(("b",), source, second.files, decoder),
+    ]
+    info = DataInfo("unpaired", cfg.channels, side, size=max(len(first.files), len(second.files)))
+    return StreamDataset(parts, None, info, cache.fingerprint(fp, cfg.direction), _workers(cfg))
+
+
 _STREAMED: dict[str, Callable[[DataConfig], StreamDataset | None]] = {
     "images": _images_streamed,
     "webdataset": _webdataset_streamed,
     "cifar10": _cifar10_streamed,
     "super_resolution": _super_resolution_streamed,
+    "paired": _paired_streamed,
+    "unpaired": _unpaired_streamed,
 }

@@ -45,6 +45,7 @@ class Part:
     files: list[str]
     decoder: Decoder
     pair: list[str] | None = None  # paired A/ and B/ folders: the B file of each A file
+    swap: bool = False  # the two images fill the keys in the other order (direction b2a)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -56,7 +57,7 @@ class Part:
             arrays = self.decoder(self.source, self.files[i])
             if self.pair is not None:
                 arrays = arrays + self.decoder(self.source, self.pair[i])
-            rows.append(arrays)
+            rows.append(arrays[::-1] if self.swap else arrays)
         out = {}
         for j, key in enumerate(self.keys):
             stacked = np.stack([r[j] for r in rows]) if rows else np.empty((0, 1, 1, 1), np.uint8)
@@ -141,8 +142,7 @@ class StreamLoader(Loader):
 
     def _setup(self) -> None:
         self._home = torch.device("cpu")  # the order lives on the host, next to the workers
-        labels = self.dataset.labels
-        self._labels = labels
+        self._labels = self.dataset.labels
         self._start()
 
     def _start(self) -> None:
@@ -180,9 +180,6 @@ class StreamLoader(Loader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._start()  # the batches decoded ahead were for the old position
-
-    def close(self) -> None:
-        self._it = None
 
 
 def _identity(x: Any) -> Any:
