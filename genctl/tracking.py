@@ -446,8 +446,9 @@ class Tracker:
                 file=sys.stderr,
             )
             return None
+        held = Path(tempfile.mkdtemp(prefix="genctl-model-", dir=self.local_dir.parent))
         try:
-            return log_model(self.run_id, self.local_dir / artifact, step, requirements, self.uri)
+            return log_model(self.run_id, self._hold(artifact, held), step, requirements, self.uri)
         except Exception as exc:
             print(
                 f"warning: the final model was not logged as an MLflow model ({_error_line(exc)});"
@@ -455,6 +456,23 @@ class Tracker:
                 file=sys.stderr,
             )
             return None
+        finally:
+            shutil.rmtree(held, ignore_errors=True)
+
+    def _hold(self, artifact: str, folder: Path) -> Path:
+        """A file of ``artifact`` in ``folder`` that stays while the model is logged: a link to
+        the local copy (the upload thread removes a remote store's copy once sent), else the
+        store's copy, downloaded."""
+        dest = folder / Path(artifact).name
+        with self._lock:  # the upload thread removes staged files under this lock
+            src = self.local_dir / artifact
+            if src.is_file():
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copyfile(src, dest)
+                return dest
+        return Path(self._client.download_artifacts(self.run_id, artifact, str(folder)))
 
     # ------------------------------------------------------------ artifacts
 
@@ -1084,9 +1102,10 @@ def logged_model_of(run_id: str, uri: str | None = None) -> str | None:
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'",
         order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-        max_results=1,
+        max_results=20,
     )
-    return found[0].model_id if found else None
+    ready = [m for m in found if str(m.status) == "READY"]  # not one whose upload failed
+    return ready[0].model_id if ready else None
 
 
 def register(run_id: str, model_id: str, name: str, alias: str | None, uri: str | None = None):
@@ -1207,3 +1226,25 @@ def log_comparison(picture: Path, run_ids: list[str], experiment: str = "compare
         raise
     tracker.finish()
     return tracker.run_id
+
+
+def link_metrics_to_model(run_id: str, metrics: dict[str, float], step: int, uri=None):
+    """Log ``metrics`` of ``step`` once more with the run's logged model when that model is the
+    one of ``step`` (a later `genctl evaluate` of the final model), so the model carries its
+    evaluation; its id, or None when no logged model is of that step."""
+    from mlflow.entities import Metric
+
+    model_id = logged_model_of(run_id, uri)
+    if model_id is None or not metrics:
+        return None
+    c = client(uri)
+    if c.get_logged_model(model_id).tags.get("genctl.step") != str(step):
+        return None
+    now = int(time.time() * 1000)
+    c.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()
+        ],
+    )
+    return model_id

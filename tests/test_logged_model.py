@@ -200,6 +200,25 @@ def test_the_alias_moves_to_the_newest_registration(cli, workdir):
     assert checkpoint.load(path)["run_id"] == second
 
 
+def test_evaluate_a_registered_model_logs_to_its_run_and_links_the_numbers(
+    cli, workdir, inception_weights, monkeypatch
+):
+    import genctl.evaluation as ev
+    from genctl.evaluation import fidelity
+
+    monkeypatch.setenv(fidelity.WEIGHTS_ENV, str(inception_weights))
+    ev._REAL_MEMO.clear()
+    run = _toy_run(cli, workdir)
+    assert cli("runs", "register", run, "--name", "toy-gen", "--alias", "champion").exit_code == 0
+    small = ("--metrics", "kid", "--num-samples", 4, "--batch-size", 4, "--no-progress")
+    res = cli("evaluate", "--model", "models:/toy-gen@champion", *small)
+    assert res.exit_code == 0, res.output
+    assert f"logged to run {run} at step 4" in res.output
+    model = tracking.client().get_logged_model(tracking.logged_model_of(run))
+    linked = {m.key: m.step for m in model.metrics}
+    assert linked.get("eval/kid_mean") == 4  # the UI shows the model's evaluation beside it
+
+
 def test_register_logs_the_model_of_a_run_that_has_none(cli, workdir):
     run = _toy_run(cli, workdir, "tracking.log_model=false")
     assert tracking.logged_model_of(run) is None

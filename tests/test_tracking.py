@@ -301,6 +301,15 @@ def test_training_against_a_real_mlflow_server(workdir, mlflow_server, monkeypat
     )
     model = load_model(path, device=__import__("torch").device("cpu"))
     assert model.step == 6
+    # the final model is logged on the server too (its staged copy may be sent and gone by then),
+    # and a registered alias finds its checkpoint there
+    from genctl.resolve import resolve_checkpoint
+    from genctl.tracking import logged_model_of, register
+
+    model_id = logged_model_of(result.run_id)
+    assert model_id is not None
+    register(result.run_id, model_id, "toy-remote", "champion")
+    assert checkpoint.load(resolve_checkpoint("models:/toy-remote@champion"))["step"] == 6
 
 
 # ---------------------------------------------------------------- a store that goes away

@@ -305,7 +305,7 @@ def _log(run_id: str, uri: str | None, result, step: int, datasets=()) -> None:
     the data the real images came from as its evaluation dataset inputs (MLflow keeps one
     context per dataset of a run: the training data itself stays recorded as training)."""
     from genctl.evaluation import record
-    from genctl.tracking import Tracker, get_run
+    from genctl.tracking import Tracker, get_run, link_metrics_to_model
 
     status = get_run(run_id, uri).status
     tracker = Tracker(experiment="", run_name="", uri=uri, run_id=run_id)
@@ -315,3 +315,5 @@ def _log(run_id: str, uri: str | None, result, step: int, datasets=()) -> None:
         record(tracker, result, step, on_demand=True)
     finally:
         tracker.finish(status)
+    # the run's logged model, when it is this step's, carries the numbers too (the UI's Models)
+    link_metrics_to_model(run_id, result.logged(), step, uri)
