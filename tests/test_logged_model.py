@@ -342,12 +342,16 @@ def test_compare_translates_the_same_inputs_with_every_run(runs):
     assert np.array_equal(_tile(picture, 1, 1, 64)[::4, ::4], drawn[1])
 
 
-def test_compare_needs_two_different_runs(runs):
+def test_compare_needs_two_runs_kept_steps_and_a_png(runs):
     root, ids = runs
     res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"], ids["dcgan"]])
     assert res.exit_code == 2 and "named twice" in res.output, res.output
     res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"]])
     assert res.exit_code == 2 and "two runs or more" in res.output, res.output
+    res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"], ids["ddpm"], "--step", "1"])
+    assert res.exit_code == 2 and "kept no checkpoint of step 1" in res.output, res.output
+    res = CliRunner().invoke(app, ["runs", "compare", ids["dcgan"], ids["ddpm"], "-o", "a.jpg"])
+    assert res.exit_code == 2 and "is not a .png file" in res.output, res.output
 
 
 def test_compare_log_records_the_picture_in_a_comparison_run(runs):
