@@ -92,6 +92,7 @@ def test_ddim_step_matches_diffusers(schedule, prediction, eta, spacing):
     for t in ours.timesteps.tolist()[::7] + [ours.timesteps[-1].item()]:
         sample, out = inputs(t)
         sample = sample * 3  # |x_0| beyond 1 at low t: the clamp and the re-derivation matter
+        assert (ours.pred_original_sample(out, t, sample).abs() > 1).any(), t  # it clamps here
         a = ours.step(out, t, sample, eta=eta, generator=torch.Generator().manual_seed(t))
         b = peer.step(
             out,
