@@ -102,6 +102,32 @@ def test_true_target_recovers_x0_at_every_step(prediction):
         )
 
 
+@pytest.mark.parametrize(
+    ("schedule", "prediction", "low", "high"),
+    [("linear", "epsilon", 100, 200), ("linear", "v", 0.9, 1.0), ("cosine", "v", 0.9, 1.0)],
+)
+def test_network_error_in_the_x0_estimate_at_high_noise(schedule, prediction, low, high):
+    """Why the MNIST recipe predicts v: an error d in the network's output moves the x_0
+    estimate by d * sqrt((1 - abar) / abar) under epsilon prediction (157x at t = 999 of the
+    linear schedule, grey speckle after the clamp), by d * sqrt(1 - abar) (at most 1x) under v."""
+    s = NoiseSchedule(schedule, 1000, prediction=prediction)
+    t = 999
+    abar = s.alphas_cumprod[t]
+    xt, out = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    base = s.predict_x0_eps(out, xt, abar)[0]
+    moved = s.predict_x0_eps(out + 0.01, xt, abar)[0]
+    gain = ((moved - base) / 0.01).abs().mean().item()
+    assert low < gain <= high
+
+
+def test_the_mnist_recipe_predicts_v_on_the_cosine_schedule():
+    """The measured best on its budget (ddpm README, "Which sampler")."""
+    from genctl.recipe import load, recipes_dir
+
+    model = load(recipes_dir() / "ddpm-mnist.yaml").model
+    assert (model.prediction, model.beta_schedule) == ("v", "cosine")
+
+
 def test_ddim_with_eta_zero_is_deterministic_and_with_eta_one_is_not():
     sched = DDIMScheduler(NoiseSchedule("linear", 100))
     sched.set_timesteps(10)
