@@ -56,6 +56,7 @@ ROWS = [
 COLORS = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
     "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a",
+    "#637939", "#e7969c", "#843c39", "#000080",
 ]  # fmt: skip
 
 
@@ -83,18 +84,20 @@ def plot(results: dict | list[dict], path: Path) -> None:
 
     panels = results if isinstance(results, list) else [results]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), dpi=100, squeeze=False)
+    names = list(dict.fromkeys(row["config"] for r in panels for row in r["rows"]))
+    colors = {name: COLORS[i % len(COLORS)] for i, name in enumerate(names)}  # alike in all
     for ax, r in zip(axes[0], panels, strict=True):
-        _panel(ax, r)
+        _panel(ax, r, colors)
     fig.tight_layout()
     fig.savefig(path)
 
 
-def _panel(ax, results: dict) -> None:
+def _panel(ax, results: dict, colors: dict[str, str]) -> None:
     lines: dict[str, list[tuple[int, float]]] = {}
     for row in results["rows"]:
         if row["config"] != "method=ddpm all":
             lines.setdefault(row["config"], []).append((row["calls"], row["fid"]))
-    for i, (name, points) in enumerate(lines.items()):
+    for name, points in lines.items():
         points.sort()
         style = "--" if "karras" in name else "-"
         ax.plot(
@@ -102,7 +105,7 @@ def _panel(ax, results: dict) -> None:
             style,
             marker="o",
             ms=3,
-            color=COLORS[i % len(COLORS)],
+            color=colors[name],
             label=name.replace("method=", ""),
         )
     full = [r for r in results["rows"] if r["config"] == "method=ddpm all"]
