@@ -37,6 +37,7 @@ VAE_TINY = [
     "train.sample_every=4",
     "train.checkpoint_every=4",
     "train.grid_size=4",
+    "tracking.log_model=false",  # seconds the tests need not spend
 ]
 LDM_TINY = [
     "data.kind=shapes",
@@ -57,6 +58,7 @@ LDM_TINY = [
     "train.sample_every=6",
     "train.checkpoint_every=3",
     "train.grid_size=4",
+    "tracking.log_model=false",  # seconds the tests need not spend
 ]
 
 
