@@ -169,6 +169,22 @@ def test_an_interrupted_streaming_loader_resumes_to_the_same_batches(tmp_path):
     same_batches(straight, resumed, 6)
 
 
+def test_workers_outlive_a_ctrl_c_sent_to_the_whole_process_group(tmp_path):
+    # a terminal's Ctrl-C reaches the workers too; the trainer, not they, decides to stop
+    import os
+    import signal
+
+    memory, streamed = pair(section(tmp_path, "folder"))
+    straight, loader = (
+        Loader(memory, 4, seed=0, device="cpu"),
+        StreamLoader(streamed, 4, seed=0, device="cpu"),
+    )
+    same_batches(straight, loader, 2)  # one batch from each of the two workers: both set up
+    for worker in loader._it._workers:  # torch's own handle on its worker processes
+        os.kill(worker.pid, signal.SIGINT)
+    same_batches(straight, loader, 12)
+
+
 def _saved(state: dict) -> io.BytesIO:
     buf = io.BytesIO()
     torch.save(state, buf)
