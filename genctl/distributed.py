@@ -47,7 +47,7 @@ from torch import nn
 
 from genctl.errors import BadInput
 
-BUCKET_MB = 1.0
+BUCKET_MB = 4.0
 """Default bucket size in megabytes (``GENCTL_BUCKET_MB`` overrides it); see bench/ddp_scaling.py."""
 
 
