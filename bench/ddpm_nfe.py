@@ -117,7 +117,8 @@ def _panel(ax, results: dict, colors: dict[str, str]) -> None:
     ax.set_xticklabels(["5", "10", "20", "50", "100"])
     ax.set_xlabel("network calls per image")
     ax.set_ylabel(f"FID (MNIST classifier features, {results['n']} samples)")
-    ax.set_title(f"ddpm-mnist, {results.get('prediction', '')} prediction, step {results['step']}")
+    what = f"{results.get('prediction', '')} prediction, {results.get('schedule', '')} schedule"
+    ax.set_title(f"ddpm-mnist, {what}, step {results['step']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
 
@@ -158,6 +159,7 @@ def main() -> None:
         model=str(ckpt),
         step=model.step,
         prediction=model.config.prediction,
+        schedule=model.config.beta_schedule,
         classifier=args.classifier,
         n=args.n,
         seed=args.seed,

@@ -366,8 +366,9 @@ class SigmaScheduler:
     0, at fractional timesteps (the UNet's sinusoidal time embedding takes them). After the ``n``
     levels comes 0: the last step lands on the x_0 estimate itself. With ``clip_sample`` every
     x_0 estimate is clamped to [-1, 1] and the step uses the clamped one (as DDIM re-derives
-    its noise). A zero-terminal-SNR schedule has ``abar = 0`` at ``T - 1``: its level there is
-    taken at ``abar = 2^-24`` (sigma 4096), as diffusers does.
+    its noise). ``abar`` is floored at ``2^-24`` (sigma 4096): a zero-terminal-SNR schedule's
+    ``abar = 0`` at ``T - 1`` (as diffusers does for it) and the cosine schedule's ``2.4e-9``
+    there (sigma 20,000; diffusers keeps that one), whose start is pure noise either way.
     """
 
     calls_per_step = 1  # network calls per noise level (Heun: 2)
