@@ -210,7 +210,7 @@ def test_interrupt_before_training_begins_saves_nothing(workdir, monkeypatch):
     def unhandled(signum, frame):  # instead of SIGTERM's default: ending this test process
         raise AssertionError("the trainer did not handle SIGTERM")
 
-    monkeypatch.setattr(genctl.data, "load_dataset", sigterm_while_decoding)
+    monkeypatch.setattr(genctl.data, "open_dataset", sigterm_while_decoding)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
         with pytest.raises(interrupts.Interrupted):
