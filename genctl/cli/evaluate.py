@@ -188,6 +188,13 @@ def evaluate_command(
     if run_id is None:
         typer.echo("not logged: this checkpoint belongs to no MLflow run")
         return
+    if run is None and not _in_store(run_id, recipe.tracking.uri):
+        # a checkpoint copied from another store: the numbers above stand, nothing to log them to
+        typer.echo(
+            f"not logged: the checkpoint's run {run_id} is not in this tracking store "
+            "(set MLFLOW_TRACKING_URI to its store to log there)"
+        )
+        return
     with deferred():  # the numbers, protocol and notes are logged together or not at all
         _log(run_id, recipe.tracking.uri, result, model.step, source.datasets)
     typer.echo(f"logged to run {run_id} at step {model.step}")
@@ -298,6 +305,16 @@ def format_protocol(p: dict[str, str]) -> str:
     if p.get("eval.labels", "none") != "none":
         parts.append(f"labels {p['eval.labels']}")
     return f"protocol {p['eval.protocol']}: " + "; ".join(parts)
+
+
+def _in_store(run_id: str, uri: str | None) -> bool:
+    from genctl.tracking import get_run
+
+    try:
+        get_run(run_id, uri)
+    except BadInput:
+        return False
+    return True
 
 
 def _log(run_id: str, uri: str | None, result, step: int, datasets=()) -> None:

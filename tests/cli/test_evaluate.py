@@ -240,3 +240,14 @@ def test_evaluate_a_conditional_model_draws_balanced_labels(cli, workdir, monkey
     assert res.exit_code == 0, res.output
     assert get_run(run_id).tags["eval.labels"] == "balanced"
     assert "labels balanced" in res.output
+
+
+def test_a_checkpoint_from_another_store_is_scored_and_says_it_is_not_logged(
+    cli, trained, workdir, monkeypatch
+):
+    final = local_path(get_run(trained).artifact_uri) / checkpoint.FINAL
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'other.db'}")
+    res = cli("evaluate", "--checkpoint", final, "--metrics", "kid", *SMALL)
+    assert res.exit_code == 0, res.output  # the numbers stand; it was exit 2 after printing them
+    assert "eval/kid_mean" in res.output
+    assert f"not logged: the checkpoint's run {trained} is not in this tracking store" in res.output
