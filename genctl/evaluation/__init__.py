@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from genctl.errors import BadInput
 from genctl.evaluation.quality import paired_protocol, paired_scores, psnr, ssim
-from genctl.evaluation.sources import ImageSource, source_for, to_uint8
+from genctl.evaluation.sources import ImageSource, StreamedImages, source_for, to_uint8
 
 __all__ = [
     "METRICS",
@@ -436,10 +436,15 @@ def _paired_quality(batches: Callable, source: ImageSource, batch_size: int) -> 
 _REAL_MEMO: dict[str, dict[str, Any]] = {}
 
 
-def content_fingerprint(images: Tensor) -> str:
-    """sha256 of a uint8 image tensor's shape and bytes: the same images, the same fingerprint."""
+def content_fingerprint(images: Tensor | StreamedImages, batch_size: int = 256) -> str:
+    """sha256 of a uint8 image tensor's shape and bytes: the same images, the same fingerprint.
+    Streamed images are hashed a batch at a time, to the fingerprint of their tensor."""
     h = hashlib.sha256(str(tuple(images.shape)).encode())
-    h.update(images.contiguous().numpy().tobytes())
+    if isinstance(images, Tensor):
+        h.update(images.contiguous().numpy().tobytes())
+        return h.hexdigest()
+    for start in range(0, len(images), batch_size):
+        h.update(images[start : start + batch_size].contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -448,7 +453,7 @@ def _real_features(source, extractor, weights, device, batch_size, progress) -> 
     from genctl.data import cache
     from genctl.evaluation import fidelity
 
-    fingerprint = content_fingerprint(source.real)
+    fingerprint = content_fingerprint(source.real, batch_size)
     protocol = {
         "format": CACHE_FORMAT,
         "real": fingerprint,

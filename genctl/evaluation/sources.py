@@ -42,7 +42,9 @@ class ImageSource:
 
     generate: Batches  # batches of generated images: float in [0, 1] or uint8, N x C x H x W
     count: int  # how many generated images to take
-    real: Tensor | None  # uint8 N x C x H x W on the CPU (None: only IS, which needs no real set)
+    # uint8 N x C x H x W on the CPU, or StreamedImages read by slices (None: only IS, which
+    # needs no real set)
+    real: Tensor | StreamedImages | None
     real_name: str = "real images"  # said in messages and recorded with the numbers
     paired: bool = False  # generated image i predicts real image i: PSNR and SSIM apply
     baselines: dict[str, Batches] = field(default_factory=dict)  # paired, e.g. {"bicubic": ...}
@@ -191,10 +193,14 @@ def source_for(
         )
     task, protocol = spec.task, sampler_protocol(sampler, options)
     if task in ("unconditional", "conditional"):
-        from genctl.data import load_dataset
+        from genctl.data import StreamDataset, open_dataset
 
-        data = load_dataset(recipe.data)
-        real, name = real_subset(data.tensors["image"], num_real or num_samples, recipe.data)
+        data = open_dataset(recipe.data)  # streamed from the files when training would stream
+        n_real = num_real or num_samples
+        if isinstance(data, StreamDataset):
+            real, name = streamed_subset(data, n_real, recipe.data)
+        else:
+            real, name = real_subset(data.tensors["image"], n_real, recipe.data)
         generate = sampled(sampler, options, num_samples, seed)
         from genctl.evaluation.likelihood import held_out
 
@@ -256,11 +262,57 @@ def source_for(
 
 def real_subset(images: Tensor, n: int, data_cfg: Any = None) -> tuple[Tensor, str]:
     """At most ``n`` real images: all of them, or a fixed random subset (the same for every run)."""
+    chosen = subset_indices(len(images), n)
+    real = images if chosen is None else images[chosen]
+    return real, _subset_name(data_cfg, len(real), len(images))
+
+
+def streamed_subset(data: Any, n: int, data_cfg: Any = None) -> tuple[StreamedImages, str]:
+    """:func:`real_subset` of a streamed set: the same images in the same order, left on disk
+    and decoded a batch at a time when read (:class:`StreamedImages`)."""
+    chosen = subset_indices(len(data), n)
+    indices = torch.arange(len(data)) if chosen is None else chosen
+    return StreamedImages(data, indices), _subset_name(data_cfg, len(indices), len(data))
+
+
+def subset_indices(total: int, n: int) -> Tensor | None:
+    """The indices, ascending, of the fixed random subset of ``n`` of ``total`` images (None:
+    all of them)."""
+    if n >= total:
+        return None
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))
+    return order[:n].sort().values
+
+
+def _subset_name(data_cfg: Any, n: int, total: int) -> str:
     where = f"{_where(data_cfg)} {data_cfg.split}" if data_cfg is not None else "real images"
-    if n >= len(images):
-        return images, f"{where} ({len(images)})"
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))
-    return images[order[:n].sort().values], f"{where} ({n} of {len(images)}, fixed subset)"
+    return f"{where} ({n})" if n >= total else f"{where} ({n} of {total}, fixed subset)"
+
+
+class StreamedImages:
+    """Real images of a streamed dataset (:class:`genctl.data.StreamDataset`, one image key)
+    that stay on disk: ``images[a:b]`` decodes those images only, as uint8 N x C x H x W, so
+    whoever reads them a batch at a time holds one batch, whatever their number. It reads like
+    the uint8 tensor of the in-memory path where evaluation reads real images: ``len``,
+    ``shape``, ``dtype`` and slices (:func:`genctl.evaluation.content_fingerprint` hashes it
+    batch by batch to the tensor's fingerprint)."""
+
+    dtype = torch.uint8
+
+    def __init__(self, dataset: Any, indices: Tensor):
+        if len(dataset.parts) != 1:
+            raise ValueError("StreamedImages reads a dataset of one stream")
+        self.dataset, self.indices = dataset, indices
+        info = dataset.info
+        self.shape = torch.Size((len(indices), info.channels, info.image_size, info.image_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: slice) -> Tensor:
+        if not isinstance(item, slice):
+            raise TypeError("streamed real images are read by slices, a batch at a time")
+        return self.dataset.take([self.indices[item]])[self.dataset.parts[0].keys[0]]
 
 
 def _test_split(cfg: Any) -> tuple[Any, list[str]]:
