@@ -61,23 +61,16 @@ class DCGANSampler:
         labels: Tensor | None = None,
     ) -> Tensor:
         """``n`` images; image i of class ``labels[i]`` for a conditional model."""
-        g = self.generator
         labels = labels_to_draw(self, n, options, labels)
         z = draw_noise(n, self.config.latent_dim, generator, options.truncation)
-        device = next(g.parameters()).device
-        was_training = g.training
-        g.eval()
-        try:
-            out = [
-                g(
-                    z[i : i + self.chunk].to(device),
-                    None if labels is None else labels[i : i + self.chunk].to(device),
+        return torch.cat(
+            [
+                self.generate(
+                    z[i : i + self.chunk], None if labels is None else labels[i : i + self.chunk]
                 )
                 for i in range(0, n, self.chunk)
             ]
-        finally:
-            g.train(was_training)
-        return ((torch.cat(out).float() + 1) / 2).clamp(0, 1)
+        )
 
     # The latent interface (genctl.steering): z is the generator's input noise, N x latent_dim.
 

@@ -42,14 +42,7 @@ class VanillaGANSampler:
         g = self.generator
         labels = labels_to_draw(self, n, options, labels)
         z = noise("randn", (n, g.latent_dim), generator)
-        device = next(g.parameters()).device
-        was_training = g.training
-        g.eval()  # batch norm on its running statistics: each image independent of the others
-        try:
-            x = g(z.to(device), None if labels is None else labels.to(device))
-        finally:
-            g.train(was_training)
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return self.generate(z, labels)  # eval mode: each image independent of the others
 
     # The latent interface (genctl.steering): z is the generator's input noise, N x latent_dim.
 
