@@ -153,7 +153,10 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def close(self) -> None:
+    def close(self, together: bool = False) -> None:
+        """Leave the process group. ``together`` (a run that ended normally on this rank): wait
+        for every rank first, so no rank tears its connections down while rank 0 still records
+        the run (a rank that left early was seen to abort in gloo's teardown)."""
         for reducer in self._reducers.values():
             reducer.remove()
         self._reducers = {}
@@ -161,6 +164,8 @@ class Distributed:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if together:
+                    dist.barrier()
                 dist.destroy_process_group()
 
 

@@ -337,7 +337,7 @@ def _train(
         bar.close()
         if tracker:
             tracker.finish(status)
-        dist.close()
+        dist.close(together=status == "FINISHED")
     return TrainResult(run_id, step, signals.requested, last_metrics)
 
 
