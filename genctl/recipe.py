@@ -56,6 +56,9 @@ class EMAConfig(Schema):
     start: int = Field(0, ge=0)  # step from which EMA starts tracking (copies before)
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
 class TrainConfig(Schema):
     steps: int = Field(1000, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -78,7 +81,8 @@ class TrainConfig(Schema):
     sample_every: int = Field(500, gt=0)
     checkpoint_every: int = Field(1000, gt=0)
     grid_size: int = Field(64, gt=0)
-    compile: bool = False  # torch.compile the networks
+    # torch.compile the trained networks (genctl/compiling.py): true, or a torch.compile mode
+    compile: bool | CompileMode = False
     # CPU threads; default: OMP_NUM_THREADS if set (torchrun sets it), else the cores divided by
     # the genctl trainings (or torchrun ranks) on this machine (genctl/threads.py)
     threads: int | None = Field(None, gt=0)
@@ -86,6 +90,14 @@ class TrainConfig(Schema):
     # keep_checkpoints of them, and those at multiples of keep_every for good
     keep_checkpoints: int = Field(0, ge=0)
     keep_every: int | None = Field(None, gt=0)
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_value(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value in typing.get_args(CompileMode):
+            return value
+        modes = ", ".join(typing.get_args(CompileMode))
+        raise ValueError(f"expected true, false or a torch.compile mode: {modes}")
 
     @field_validator("keep_every")
     @classmethod

@@ -107,11 +107,13 @@ def _train(
     dist.broadcast(nets)
     ema = _make_ema(nets, cfg)
     ema_norms = BatchNormRefresh(ema, nets)  # EMA batch-norm statistics: those of its weights
-    if cfg.compile:
-        for net in nets.values():
-            net.compile()
     objective = spec.objective(config, nets, info)
     _check_groups(objective, nets)
+    if cfg.compile:  # the trained networks, in place: state_dict keys and EMA copies as eager
+        from genctl.compiling import compile_networks
+
+        trained = {n: nets[n] for names in objective.groups.values() for n in names}
+        compile_networks(trained, cfg.compile, device)
     # A model that trains on a transform of the data (latent diffusion: its frozen autoencoder's
     # latents) makes it once here, and the loader batches that instead of the images.
     batches = objective.prepare_data(dataset) if hasattr(objective, "prepare_data") else dataset
