@@ -6,6 +6,7 @@ loss. The loop is :meth:`DiffusionSampler.sample`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -59,6 +60,10 @@ class DDPMSampleOptions(Schema):
     classifier: str | None = None  # guide=classifier: checkpoint path
     target_class: int | None = Field(None, ge=0)  # guide=classifier: class to steer toward
     strength: float = Field(0.6, ge=0, le=1)  # img2img (--input): how far to noise the inputs
+    # the UNet's input in the channels-last memory format (NHWC); the weights stay as they are
+    channels_last: bool = False
+    # bf16: the UNet under bf16 autocast (CUDA only); the sampler's own arithmetic stays fp32
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 # default steps of the methods other than ddim (50) and ddpm (T)
@@ -82,6 +87,10 @@ def network_calls(method: str, steps: int) -> int:
 class DiffusionSampler:
     # sample() takes a list of n generators, one per image (its start noise and every step's)
     generator_per_image = True
+    # unguided sampling runs under torch.inference_mode (the same images as under no_grad, with
+    # less autograd bookkeeping); guidance by a loss needs autograd and runs as before. False:
+    # the no_grad path of before (bench/diffusion.py's baseline)
+    inference_mode = True
 
     def __init__(self, config: DDPMConfig, nets: dict[str, nn.Module], info: DataInfo) -> None:
         self.config = config
@@ -129,27 +138,40 @@ class DiffusionSampler:
             label = torch.full((n,), opts.class_, device=device)
         guide = self._guide(opts, device)
         step_options = {"eta": opts.eta} if opts.method == "ddim" else {}
+        fast = guide is None and self.inference_mode
+        layout = torch.channels_last if opts.channels_last else torch.contiguous_format
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if opts.precision == "bf16"
+            else nullcontext()
+        )
 
         was_training = self.unet.training
         self.unet.eval()  # dropout off
         try:
-            for t in tqdm(timesteps, desc=f"{opts.method} sampling", leave=False, disable=None):
-                if guide is None:
-                    with torch.no_grad():
-                        out = self.predict(x, t, label, opts.guidance)
-                else:  # move x against the gradient of the guide's loss on the x_0 estimate
-                    fn, scale = guide
-                    x = x.detach().requires_grad_(True)
-                    with torch.enable_grad():
-                        out = self.predict(x, t, label, opts.guidance)
-                        x0 = scheduler.pred_original_sample(out, t, x)
-                        loss = fn(x0, torch.full((n,), t, device=device)).sum()
-                        grad = torch.autograd.grad(loss, x)[0]
-                    x, out = (x - scale * grad).detach(), out.detach()
-                x = scheduler.step(out, t, x, generator=generator, **step_options).prev_sample
+            with torch.inference_mode() if fast else nullcontext():
+                for t in tqdm(timesteps, desc=f"{opts.method} sampling", leave=False, disable=None):
+                    x = x.contiguous(memory_format=layout)
+                    if guide is None:
+                        with torch.no_grad(), autocast:
+                            out = self.predict(x, t, label, opts.guidance).float()
+                    else:  # move x against the gradient of the guide's loss on the x_0 estimate
+                        fn, scale = guide
+                        x = x.detach().requires_grad_(True)
+                        with torch.enable_grad():
+                            with autocast:
+                                out = self.predict(x, t, label, opts.guidance).float()
+                            x0 = scheduler.pred_original_sample(out, t, x)
+                            loss = fn(x0, torch.full((n,), t, device=device)).sum()
+                            grad = torch.autograd.grad(loss, x)[0]
+                        x, out = (x - scale * grad).detach(), out.detach()
+                    x = scheduler.step(out, t, x, generator=generator, **step_options).prev_sample
         finally:
             self.unet.train(was_training)
-        return self.output(x)
+        # a normal tensor again (callers may change it in place), in the default layout
+        return self.output(
+            x.clone(memory_format=torch.contiguous_format) if fast else x.contiguous()
+        )
 
     def output(self, x: Tensor) -> Tensor:
         """What ``sample`` returns for the denoised ``x``: images in [0, 1] (a latent diffusion
@@ -241,6 +263,11 @@ class DiffusionSampler:
                     f"{', '.join(stray)} given without a guidance function",
                     "Add guide=color or guide=classifier.",
                 )
+        if opts.precision == "bf16" and self.device.type != "cuda":
+            raise BadInput(
+                f"precision=bf16 autocasts the UNet on CUDA only; this model is on {self.device.type}",
+                "Drop precision (fp32), or sample on a GPU (--device cuda).",
+            )
         if inputs is None and "strength" in given:
             raise BadInput("strength applies to img2img", "Give input images with --input DIR.")
         if inputs is not None and inputs.shape[1] != self.info.channels:
