@@ -64,6 +64,14 @@ TINY: dict[str, list[str]] = {
     "vae": ["model.width=4", "model.latent_channels=2"],
     "pixelcnn": ["data.image_size=8", "model.width=8", "model.layers=1", "model.levels=4"],
     "classifier": ["model.width=8", "model.pool=2", "train.grid_size=3"],
+    "flow": [
+        "model.base_channels=8",
+        "model.channel_mults=[1,2]",
+        "model.num_res_blocks=1",
+        "model.attention_resolutions=[8]",
+        "model.norm_groups=4",
+        "model.conditional=true",  # the labels check: classifier-free guidance's null class
+    ],
     "ldm": [  # plus model.autoencoder: a tiny VAE checkpoint (_extra_overrides)
         "model.base_channels=8",
         "model.channel_mults=[1,2]",  # the 16 px shapes' latent is 2 x 4 x 4
