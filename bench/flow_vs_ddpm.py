@@ -69,7 +69,8 @@ def main() -> None:
     test_images, _, _ = load_mnist(Path(args.data), "test", False)
     real = fid_statistics(features(classifier, test_images.float() / 255))
     results = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    results.update(classifier=args.classifier, n=args.n, seed=args.seed, models={})
+    results.update(classifier=args.classifier, n=args.n, seed=args.seed)
+    results.setdefault("models", {})  # those of earlier runs into the same file stay
     done = {(r["model"], r["config"], r["calls"]) for r in results["rows"]}
     models = {}
     for item in args.models:
