@@ -49,20 +49,53 @@ def _averaged_buffers(net: nn.Module) -> set[str]:
 @torch.no_grad()
 def update_ema(ema: dict[str, nn.Module], nets: dict[str, nn.Module], decay: float) -> None:
     """``avg += (1 - decay) * (live - avg)`` for the weights and the batch-norm statistics of
-    every EMA copy; the other buffers are copied from the live network."""
-    for name, avg in ema.items():
-        src = nets[name[: -len("_ema")]]
-        # one fused kernel per network for the weights
-        torch._foreach_lerp_(
-            list(avg.parameters()), [p.detach() for p in src.parameters()], 1.0 - decay
-        )
+    every EMA copy; the other buffers are copied from the live network. (A training loop builds
+    an :class:`EMAUpdate` once instead.)"""
+    EMAUpdate(ema, nets)(decay)
+
+
+class EMAUpdate:
+    """:func:`update_ema` with the tensors to average found once, for a training loop: walking
+    the modules for them at every step cost twice the averaging itself (a DCGAN generator on
+    CPU: 90 of 130 us). Tensors are looked up by (module, name) at each update, so a buffer a
+    network reassigns rather than updates in place is still followed; the modules must stay
+    those of the networks (as the optimizers' parameters do)."""
+
+    def __init__(self, ema: dict[str, nn.Module], nets: dict[str, nn.Module]):
+        self.params: list[tuple[nn.Module, nn.Module, str]] = []  # (EMA module, live, name)
+        self.stats: list[tuple[nn.Module, nn.Module, str]] = []  # averaged buffers
+        self.copied: list[tuple[nn.Module, nn.Module, str]] = []  # the other buffers
+        for name, avg in ema.items():
+            self._add(avg, nets[name[: -len("_ema")]])
+
+    def _add(self, avg: nn.Module, src: nn.Module) -> None:
+        live = dict(src.named_modules(remove_duplicate=False))
         averaged = _averaged_buffers(avg)
-        live = dict(src.named_buffers())
-        for key, b_avg in avg.named_buffers():
-            if key in averaged:
-                b_avg.lerp_(live[key], 1.0 - decay)
-            else:
-                b_avg.copy_(live[key])
+        seen: set[int] = set()
+        for prefix, m in avg.named_modules(remove_duplicate=False):
+            for is_param, tensors in ((True, m._parameters), (False, m._buffers)):
+                for key, t in tensors.items():
+                    if t is None or id(t) in seen:  # a shared tensor is averaged once
+                        continue
+                    seen.add(id(t))
+                    full = f"{prefix}.{key}" if prefix else key
+                    if is_param:
+                        self.params.append((m, live[prefix], key))
+                    else:
+                        where = self.stats if full in averaged else self.copied
+                        where.append((m, live[prefix], key))
+
+    @torch.no_grad()
+    def __call__(self, decay: float) -> None:
+        for pairs, kind in ((self.params, "_parameters"), (self.stats, "_buffers")):
+            if pairs:  # one fused kernel for all of them
+                torch._foreach_lerp_(
+                    [getattr(a, kind)[k] for a, _, k in pairs],
+                    [getattr(s, kind)[k] for _, s, k in pairs],
+                    1.0 - decay,
+                )
+        for a, s, k in self.copied:
+            a._buffers[k].copy_(s._buffers[k])
 
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]  # a forward pass's (args, kwargs)

@@ -27,7 +27,7 @@ import genctl
 from genctl import checkpoint, interrupts
 from genctl.distributed import Distributed
 from genctl.distributed import pick_device as _pick_device  # noqa: F401 (the CLIs import it)
-from genctl.ema import BatchNormRefresh, make_ema, update_ema
+from genctl.ema import BatchNormRefresh, EMAUpdate, make_ema, update_ema
 from genctl.errors import BadInput, GenctlError, RunFailure
 from genctl.interrupts import Interrupted
 from genctl.recipe import OptimizerConfig, Recipe, TrainConfig, flatten
@@ -159,12 +159,14 @@ def _train(
     best = ckpt.get("best") if ckpt else None
     bar = _progress(cfg.steps, step, enabled=progress and dist.rank == 0)
 
-    # Non-finite values. nonfinite=stop: each update notes on the device the first step whose loss
-    # is NaN/inf (no host sync); the log interval's read and every checkpoint check them.
-    # nonfinite=skip: each update is checked on the host before the optimizer steps (one sync
-    # per update, the price of skipping) and a non-finite one is dropped and counted.
+    # Non-finite values. nonfinite=stop: each update's loss is kept on the device with its step
+    # (no host sync, no kernel); the log interval's read and every checkpoint check them and name
+    # the first step whose loss was NaN/inf. nonfinite=skip: each update is checked on the host
+    # before the optimizer steps (one sync per update, the price of skipping) and a non-finite
+    # one is dropped and counted.
     skip_nonfinite = cfg.nonfinite == "skip"
-    first_bad: dict[str, torch.Tensor] = {}  # group -> first step with a non-finite loss
+    logged = _Logged()  # the values logged since the last read, on the device
+    ema_update = EMAUpdate(ema, nets)  # the tensors it averages, found once
     counted = (ckpt.get("nonfinite") if ckpt else None) or {}
     skipped, streak = int(counted.get("skipped", 0)), int(counted.get("streak", 0))
     # The newest checkpoint known to be finite: what a diverged run names to resume from.
@@ -186,9 +188,9 @@ def _train(
         nonlocal good
         # Never a checkpoint of non-finite weights: one host sync over all of them (every rank
         # checks: their weights are the same, so they agree without a collective).
-        bad = _nonfinite_state(nets, ema, sums)
+        bad = _nonfinite_state(nets, ema, logged)
         if bad:
-            steps = _first_nonfinite(first_bad)
+            steps = logged.first_nonfinite()
             at = min(steps.values()) if steps else step
             losses = [f"loss_{g}" for g, s in steps.items() if s == at]
             raise diverged(", ".join(losses or bad), at)
@@ -220,8 +222,6 @@ def _train(
             good = {"step": step, "where": where}
             _retain(tracker, cfg, payload, step)
 
-    sums: dict[str, torch.Tensor] = {}  # logged values accumulate on the device between reads
-    counts: dict[str, int] = {}
     last_metrics: dict[str, float] = {}
     tick, images_seen = time.perf_counter(), 0
     status = "FAILED"
@@ -256,12 +256,11 @@ def _train(
                     continue
                 if hasattr(objective, "after_update"):
                     objective.after_update(group, step)
-                if not skip_nonfinite:
-                    _note_nonfinite(first_bad, group, loss, step + 1)
-                _accumulate(sums, counts, f"loss_{group}", loss)
+                logged.add(f"loss_{group}", loss, step + 1, copy=False)
                 for name, value in logs.items():
-                    _accumulate(sums, counts, name, value)
-            _update_ema(ema, nets, cfg, step)
+                    logged.add(name, value, step + 1)
+            # weights and batch-norm statistics averaged alike (see _update_ema)
+            ema_update(_ema_decay(cfg, step))
             ema_norms.updated()
             step += 1
             bar.update(1)
@@ -275,7 +274,7 @@ def _train(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 # The one host sync of the interval: read every accumulated value at once.
                 now = time.perf_counter()
-                values = _read(sums, counts)
+                values, steps = logged.read()
                 values["images_per_s"] = images_seen / max(now - tick, 1e-9)
                 values["lr"] = optimizers[next(iter(optimizers))].param_groups[0]["lr"]
                 if skip_nonfinite:
@@ -291,7 +290,6 @@ def _train(
                     k for k, v in values.items() if k.startswith("loss_") and not math.isfinite(v)
                 ]
                 if dist.any(bool(bad)):
-                    steps = _first_nonfinite(first_bad)
                     at = min(steps.values()) if steps else step
                     firsts = [f"loss_{g}" for g, s in steps.items() if s == at]
                     raise diverged(", ".join(firsts or bad or ["loss (on another rank)"]), at)
@@ -459,12 +457,16 @@ def _set_lr(optimizers: dict[str, torch.optim.Optimizer], factor: float) -> None
 
 
 def _trainable_only(group: str, group_params: dict[str, list[torch.Tensor]]) -> None:
+    """Only ``group``'s parameters require gradients; a flag already right is left alone (reading
+    it costs a tenth of setting it, and most are right: those of the groups not in the step)."""
     for g, params in group_params.items():
         if g != group:
             for p in params:
-                p.requires_grad_(False)
+                if p.requires_grad:
+                    p.requires_grad_(False)
     for p in group_params[group]:
-        p.requires_grad_(True)
+        if not p.requires_grad:
+            p.requires_grad_(True)
 
 
 def _make_ema(nets: dict[str, nn.Module], cfg: TrainConfig) -> dict[str, nn.Module]:
@@ -482,7 +484,11 @@ def _update_ema(
 ) -> None:
     # weights and batch-norm statistics averaged alike: the live network's statistics do not
     # fit the averaged weights (see genctl/ema.py)
-    update_ema(ema, nets, cfg.ema.decay if step >= cfg.ema.start else 0.0)
+    update_ema(ema, nets, _ema_decay(cfg, step))
+
+
+def _ema_decay(cfg: TrainConfig, step: int) -> float:
+    return cfg.ema.decay if step >= cfg.ema.start else 0.0  # before start: copies
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -496,23 +502,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _note_nonfinite(first_bad: dict, group: str, loss: torch.Tensor, step: int) -> None:
-    """Keep, on the device, the first ``step`` at which ``group``'s loss was NaN/inf (no sync)."""
-    at = torch.where(torch.isfinite(loss.detach()), _NEVER, step)
-    first_bad[group] = torch.minimum(first_bad[group], at) if group in first_bad else at
-
-
-_NEVER = 2**62  # "no non-finite loss yet" in _note_nonfinite
-
-
-def _first_nonfinite(first_bad: dict) -> dict[str, int]:
-    """Group -> first step with a non-finite loss, for the groups that had one."""
-    if not first_bad:
-        return {}
-    steps = torch.stack(list(first_bad.values())).tolist()
-    return {g: s for g, s in zip(first_bad, steps, strict=True) if s != _NEVER}
-
-
 def _finite_update(loss: torch.Tensor, params: list[torch.Tensor], dist) -> bool:
     """Whether the loss and gradients of an update are finite on every rank (a host sync)."""
     flags = [torch.isfinite(loss.detach()).all()]
@@ -523,13 +512,12 @@ def _finite_update(loss: torch.Tensor, params: list[torch.Tensor], dist) -> bool
     return not dist.any(not bool(torch.stack(flags).all()))
 
 
-def _nonfinite_state(nets: dict, ema: dict, sums: dict) -> list[str]:
+def _nonfinite_state(nets: dict, ema: dict, logged: _Logged) -> list[str]:
     """The networks (weights and buffers) and the losses not yet logged that hold NaN or inf."""
     names, flags = [], []
-    for name, total in sums.items():
-        if name.startswith("loss_"):
-            names.append(name)
-            flags.append(torch.isfinite(total).all())
+    for name, values in logged.losses().items():
+        names.append(name)
+        flags.append(torch.isfinite(values).all())
     for name, net in {**nets, **ema}.items():
         tensors = [
             t.detach()
@@ -546,20 +534,72 @@ def _nonfinite_state(nets: dict, ema: dict, sums: dict) -> list[str]:
     return [n for n, fine in zip(names, ok, strict=True) if not fine]
 
 
-def _accumulate(sums: dict, counts: dict, name: str, value: torch.Tensor) -> None:
-    v = value.detach().float()
-    sums[name] = sums[name] + v if name in sums else v.clone()
-    counts[name] = counts.get(name, 0) + 1
+class _Logged:
+    """The values the updates logged since the last read (each group's loss, the objective's
+    logs), kept on the device with their steps, and no host sync. A loss is kept as it is, with
+    no kernel: a running sum and a running first non-finite step cost four small kernels per
+    update. A value of the objective's logs is copied (one kernel, as the running sum was): the
+    objective may log a tensor it later changes in place. Every ``FOLD`` values of a name are
+    stacked into one tensor, so a long log interval holds few tensors; the read averages them
+    and brings them to the host at once."""
 
+    FOLD = 128
 
-def _read(sums: dict, counts: dict) -> dict[str, float]:
-    if not sums:
-        return {}
-    names = list(sums)
-    values = torch.stack([sums[n] / counts[n] for n in names]).tolist()
-    sums.clear()
-    counts.clear()
-    return dict(zip(names, values, strict=True))
+    def __init__(self):
+        self._chunks: dict[str, list[torch.Tensor]] = {}  # stacked values, oldest first
+        self._pending: dict[str, list[torch.Tensor]] = {}  # not stacked yet
+        self._steps: dict[str, list[int]] = {}  # the step of each value, in the same order
+
+    def add(self, name: str, value: torch.Tensor, step: int, *, copy: bool = True) -> None:
+        """Keep ``value`` of update ``step``; ``copy=False``: ``value`` is the update's own
+        result (its loss), which nothing changes afterwards."""
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = self._pending[name] = []
+            self._chunks[name], self._steps[name] = [], []
+        v = value.detach().float()  # of a float32 value: the value itself, no kernel
+        if copy and v.data_ptr() == value.data_ptr():
+            v = v.clone()
+        pending.append(v)
+        self._steps[name].append(step)
+        if len(pending) == self.FOLD:
+            self._chunks[name].append(torch.stack(pending))
+            pending.clear()
+
+    def _values(self, name: str) -> torch.Tensor:
+        """Every value of ``name`` since the last read, in order, as one 1-D tensor."""
+        pending = self._pending[name]
+        parts = self._chunks[name] + ([torch.stack(pending)] if pending else [])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        """``loss_<group>`` -> its values since the last read (for the checkpoint's check)."""
+        return {n: self._values(n) for n in self._pending if n.startswith("loss_")}
+
+    def first_nonfinite(self) -> dict[str, int]:
+        """Group -> the first step since the last read whose loss was NaN or inf, for the
+        groups that had one (a host sync: asked only when something was not finite)."""
+        firsts = {}
+        for name, values in self.losses().items():
+            ok = torch.isfinite(values).tolist()
+            if not all(ok):
+                firsts[name[len("loss_") :]] = self._steps[name][ok.index(False)]
+        return firsts
+
+    def read(self) -> tuple[dict[str, float], dict[str, int]]:
+        """The mean of each name since the last read (the one host sync of a log interval), and
+        :meth:`first_nonfinite` when a loss's mean is not finite; then starts afresh."""
+        if not self._pending:
+            return {}, {}
+        names = list(self._pending)
+        means = torch.stack([self._values(n).mean() for n in names]).tolist()
+        values = dict(zip(names, means, strict=True))
+        bad = any(n.startswith("loss_") and not math.isfinite(v) for n, v in values.items())
+        firsts = self.first_nonfinite() if bad else {}
+        self._chunks.clear()
+        self._pending.clear()
+        self._steps.clear()
+        return values, firsts
 
 
 # ---------------------------------------------------------------- grids, evaluation, tracking

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genctl.ema import BatchNormRefresh, make_ema, recalibrate_batchnorm, update_ema
+from genctl.ema import BatchNormRefresh, EMAUpdate, make_ema, recalibrate_batchnorm, update_ema
 
 
 class Net(nn.Module):
@@ -50,6 +50,28 @@ def test_decay_0_copies_the_live_network():
         strict=True,
     ):
         assert torch.equal(a, b)
+
+
+def test_an_update_built_once_averages_bitwise_as_update_ema_and_follows_reassigned_buffers():
+    torch.manual_seed(0)
+    nets = {"generator": Net()}
+    once, each = make_ema(nets, ["generator"]), make_ema(nets, ["generator"])
+    update = EMAUpdate(once, nets)
+    live = nets["generator"]
+    for k in range(1, 4):
+        with torch.no_grad():
+            live.body[0].weight.add_(torch.randn(4, 3))
+            live.body[1].running_mean.add_(torch.randn(4))
+        live.stage = torch.tensor(float(k))  # reassigned, not changed in place
+        update(0.9)
+        update_ema(each, nets, decay=0.9)
+    for (key, a), b in zip(
+        once["generator_ema"].state_dict().items(),
+        each["generator_ema"].state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), key
+    assert float(once["generator_ema"].stage) == 3.0
 
 
 def test_recalibrated_statistics_are_those_of_the_inputs_and_the_mode_is_kept():

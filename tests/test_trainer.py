@@ -12,7 +12,7 @@ from torch import nn
 from genctl import checkpoint
 from genctl.recipe import TrainConfig, apply_overrides, validate
 from genctl.tracking import get_run, local_path
-from genctl.trainer import _update_ema, lr_factor, train
+from genctl.trainer import _Logged, _update_ema, lr_factor, train
 from tests import toy
 from tests.helpers import TOY_RECIPE
 
@@ -109,6 +109,39 @@ def test_ema_moves_toward_the_network_by_one_minus_decay():
     cfg = TrainConfig(ema={"networks": ["g"], "decay": 0.75})
     _update_ema({"g_ema": avg}, {"g": net}, cfg, step=10)
     assert torch.allclose(avg.weight, before + 0.25 * (net.weight - before))
+
+
+def test_logged_values_are_read_as_their_means_over_the_interval():
+    logged, values = _Logged(), torch.linspace(0, 1, 2 * _Logged.FOLD + 45)
+    for step, v in enumerate(values, start=1):  # stacked FOLD at a time, the rest read as kept
+        logged.add("loss_d", v.clone(), step, copy=False)
+        logged.add("d_real", 2 * v, step)
+    means, firsts = logged.read()
+    assert means["loss_d"] == pytest.approx(values.mean().item(), rel=1e-6)
+    assert means["d_real"] == pytest.approx(2 * values.mean().item(), rel=1e-6)
+    assert firsts == {} and logged.read() == ({}, {})  # each read starts afresh
+
+
+def test_a_logged_value_changed_in_place_afterwards_counts_as_it_was():
+    logged, running = _Logged(), torch.tensor(1.0)  # an objective's state, logged as it is
+    logged.add("count", running, 1)
+    running.add_(10.0)
+    logged.add("count", running, 2)
+    running.add_(10.0)
+    assert logged.read()[0] == {"count": pytest.approx((1.0 + 11.0) / 2)}
+
+
+def test_the_first_non_finite_loss_is_named_with_its_step():
+    logged = _Logged()
+    for step in range(1, _Logged.FOLD + 60):
+        bad = step in (_Logged.FOLD + 7, _Logged.FOLD + 30)
+        logged.add("loss_d", torch.tensor(float("nan") if bad else 0.5), step, copy=False)
+        logged.add("loss_g", torch.tensor(float("inf") if step == 150 else 0.5), step, copy=False)
+    assert logged.first_nonfinite() == {"d": _Logged.FOLD + 7, "g": 150}
+    assert [torch.isfinite(v).all().item() for v in logged.losses().values()] == [False, False]
+    means, firsts = logged.read()
+    assert firsts == {"d": _Logged.FOLD + 7, "g": 150}
+    assert torch.isnan(torch.tensor(means["loss_d"])) and means["loss_g"] == float("inf")
 
 
 def test_linear_decay_is_constant_then_falls_to_zero():

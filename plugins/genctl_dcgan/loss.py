@@ -35,6 +35,7 @@ class DCGANObjective:
         self.discriminator = nets["discriminator"]
         self.conditional = config.conditional
         self.augment = parse_policy(config.diffaugment)  # () when off
+        self._critic_params = list(self.discriminator.parameters())
         # WGAN's critic must be inside the clipping box from its first update on: the paper
         # clips after every update, and freshly initialised weights (batch-norm scales of 1) are
         # far outside [-c, c], so the first critic step would otherwise see an unclipped critic.
@@ -57,11 +58,16 @@ class DCGANObjective:
         real = batch["image"]
         labels = batch["label"] if self.conditional else None  # fakes get the real batch's classes
         if group == "g":
-            self.discriminator.requires_grad_(False)  # only G steps: skip D's weight gradients
+            # only G steps: skip D's weight gradients. The trainer has frozen them already; called
+            # on its own, the loss freezes those that are not and restores them afterwards.
+            thawed = [p for p in self._critic_params if p.requires_grad]
+            for p in thawed:
+                p.requires_grad_(False)
             try:
                 score = self.discriminator(self._seen(self._fake(real, labels)), labels)
             finally:
-                self.discriminator.requires_grad_(True)
+                for p in thawed:
+                    p.requires_grad_(True)
             if self.config.loss == "bce":
                 return F.softplus(-score).mean(), {}  # = BCE(D(G(z)), 1): non-saturating
             return -score.mean(), {}

@@ -125,6 +125,19 @@ def test_one_step_of_a_group_changes_only_that_groups_networks(loss, group, othe
     assert not any(changed(before_other, nets[other]))
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["called-alone", "frozen-by-the-trainer"])
+def test_the_generator_loss_leaves_the_discriminators_flags_as_it_found_them(frozen):
+    _, nets, objective, _ = make()
+    d = nets["discriminator"]
+    d.requires_grad_(not frozen)
+    d.zero_grad(set_to_none=True)
+    loss, _ = objective.loss("g", batch(), 0)
+    assert all(p.requires_grad == (not frozen) for p in d.parameters())
+    loss.backward()
+    assert all(p.grad is None for p in d.parameters())  # no weight gradients of D either way
+    assert all(p.grad is not None for p in nets["generator"].parameters())
+
+
 def test_schedule_gives_n_critic_d_steps_then_one_g_step():
     assert make(loss="bce")[2].schedule(0) == ["d", "g"]
     assert make(loss="wgan")[2].schedule(7) == ["d"] * 5 + ["g"]  # WGAN paper default
