@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         tiny_diff = (
             ["--width", "8", "--blocks", "1", "--batch", "4", "--rounds", "1", "--steps", "1"]
             + ["--sample-n", "2", "--ddpm-steps", "4", "--threads", "0"]
+            + ["--no-compile", "--no-rate"]  # compiling takes minutes on a CPU
             if args.tiny
             else ["--batch", "128", "--threads", "0", "--width", "128"]
         )
