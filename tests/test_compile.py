@@ -32,19 +32,20 @@ def test_compile_takes_a_bool_or_a_torch_compile_mode():
     assert "reduce-overhead" in err.value.message
 
 
-def test_compile_without_a_cxx_compiler_is_bad_input_before_the_run(workdir, monkeypatch):
+def test_compile_without_a_cxx_compiler_is_bad_input_before_the_run(workdir):
     """Inductor finds no compiler: the trainer says so before it records a run, instead of
     failing inside the first step."""
     import torch._inductor.config as inductor_config
     from torch._inductor import cpp_builder
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    # the config's own patch restores it as it was (monkeypatch's setattr/undo left
+    # `cpp.cxx` hidden from the next compile in this process)
     cpp_builder.cpp_compiler_search.cache_clear()
     try:
-        with pytest.raises(BadInput) as err:
-            train(_recipe("train.compile=true", "train.device=cpu"), progress=False)
+        with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+            with pytest.raises(BadInput) as err:
+                train(_recipe("train.compile=true", "train.device=cpu"), progress=False)
     finally:
-        monkeypatch.undo()
         cpp_builder.cpp_compiler_search.cache_clear()
     assert "train.compile=true cannot work on cpu: no C++ compiler" in err.value.message
     assert "train.compile=false" in err.value.hint
