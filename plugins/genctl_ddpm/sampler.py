@@ -84,13 +84,100 @@ def network_calls(method: str, steps: int) -> int:
     return 2 * steps - 1 if method == "heun" else steps
 
 
-class DiffusionSampler:
+class UNetSampling:
+    """What a sampler of an image UNet with an optional class embedding needs whatever it
+    integrates: the device, classifier-free guidance in one batched call, the training grid, the
+    class and img2img checks, inputs fitted to the model. The ddpm sampler and the families that
+    reuse ddpm's UNet (flow) derive from it; each sets ``Options`` and ``unet``/``info``/
+    ``num_classes``."""
+
+    Options: type[Schema]
+    # where a user finds a class-conditional recipe of the family (bad-input hint)
+    conditional_hint = "Train with model.conditional=true on labelled data."
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def output(self, x: Tensor) -> Tensor:
+        """What ``sample`` returns for the denoised ``x``: images in [0, 1] (a latent diffusion
+        sampler decodes its latents here)."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def guided(self, x: Tensor, tt: Tensor, label: Tensor | None, guidance: float) -> Tensor:
+        """The UNet's output at ``(x, tt)``; with a class and ``guidance != 1``, classifier-free
+        guidance: ``uncond + guidance * (cond - uncond)`` from one batched call."""
+        if label is None or guidance == 1.0:
+            return self.unet(x, tt, label)
+        null = torch.full_like(label, self.num_classes)
+        cond, uncond = self.unet(
+            torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([label, null])
+        ).chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    def preview(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
+        """The training-time grid (the default sampler): for a class-conditional model one row per class,
+        else ``len(batch)`` unconditional samples in a square grid."""
+        n = next(iter(batch.values())).shape[0]
+        if not self.num_classes:
+            return self.sample(n, self.Options(), generator), max(round(n**0.5), 1)
+        per_class = max(n // self.num_classes, 1)
+        label = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
+        return self.sample(len(label), self.Options(), generator, labels=label), per_class
+
+    def check_classes(self, opts: Schema, label: Tensor | None) -> None:
+        """``class``, ``guidance`` and given labels against the model: bad input where they do
+        not fit."""
+        given = opts.model_fields_set
+        if label is not None and not self.num_classes:
+            raise BadInput("labels given to a model that is not class-conditional")
+        if opts.class_ is not None:
+            if not self.num_classes:
+                raise BadInput(
+                    "class=... needs a class-conditional model; this one was trained unconditionally",
+                    self.conditional_hint,
+                )
+            if opts.class_ >= self.num_classes:
+                raise BadInput(
+                    f"class={opts.class_} is out of range",
+                    f"This model knows classes 0..{self.num_classes - 1}.",
+                )
+        elif label is None and "guidance" in given and opts.guidance != 1.0:
+            raise BadInput(
+                "guidance=... is classifier-free guidance toward a class", "Add class=N."
+            )
+
+    def check_inputs(self, opts: Schema, inputs: Tensor | None) -> None:
+        """``strength`` and img2img inputs against the model: bad input where they do not fit."""
+        if inputs is None and "strength" in opts.model_fields_set:
+            raise BadInput("strength applies to img2img", "Give input images with --input DIR.")
+        if inputs is not None and inputs.shape[1] != self.info.channels:
+            raise BadInput(
+                f"the input images have {inputs.shape[1]} channels, the model makes {self.info.channels}",
+                "Load the inputs with the model's channel count.",
+            )
+
+    def _fit(self, x: Tensor) -> Tensor:
+        """Inputs resized to the model's training size (the UNet is trained at one size)."""
+        size = self.info.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x.clamp(-1, 1)
+
+
+class DiffusionSampler(UNetSampling):
     # sample() takes a list of n generators, one per image (its start noise and every step's)
     generator_per_image = True
     # unguided sampling runs under torch.inference_mode (the same images as under no_grad, with
     # less autograd bookkeeping); guidance by a loss needs autograd and runs as before. False:
     # the no_grad path of before (bench/diffusion.py's baseline)
     inference_mode = True
+    Options = DDPMSampleOptions
+    conditional_hint = (
+        "Train with model.conditional=true on labelled data (recipes/ddpm-mnist-cfg.yaml)."
+    )
 
     def __init__(self, config: DDPMConfig, nets: dict[str, nn.Module], info: DataInfo) -> None:
         self.config = config
@@ -98,10 +185,6 @@ class DiffusionSampler:
         self.info = info
         self.schedule = make_schedule(config)
         self.num_classes = info.num_classes if config.conditional else 0
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
 
     def sample(
         self,
@@ -173,11 +256,6 @@ class DiffusionSampler:
             x.clone(memory_format=torch.contiguous_format) if fast else x.contiguous()
         )
 
-    def output(self, x: Tensor) -> Tensor:
-        """What ``sample`` returns for the denoised ``x``: images in [0, 1] (a latent diffusion
-        sampler decodes its latents here)."""
-        return ((x + 1) / 2).clamp(0, 1)
-
     def steps(self, opts: DDPMSampleOptions) -> int:
         """The number of steps (noise levels) a run with ``opts`` takes."""
         if opts.steps:
@@ -187,27 +265,9 @@ class DiffusionSampler:
         # the defaults cannot exceed a short schedule's T
         return min(DEFAULT_STEPS.get(opts.method, 50), self.config.timesteps)
 
-    def preview(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
-        """The training-time grid (the default sampler): for a class-conditional model one row per class,
-        else ``len(batch)`` unconditional samples in a square grid."""
-        n = next(iter(batch.values())).shape[0]
-        if not self.num_classes:
-            return self.sample(n, DDPMSampleOptions(), generator), max(round(n**0.5), 1)
-        per_class = max(n // self.num_classes, 1)
-        label = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
-        return self.sample(len(label), DDPMSampleOptions(), generator, labels=label), per_class
-
     def predict(self, x: Tensor, t: int, label: Tensor | None, guidance: float) -> Tensor:
-        """The UNet's output at ``x_t``; with a class and ``guidance != 1``, classifier-free
-        guidance: ``uncond + guidance * (cond - uncond)`` from one batched call."""
-        tt = torch.full((x.shape[0],), t, device=x.device)
-        if label is None or guidance == 1.0:
-            return self.unet(x, tt, label)
-        null = torch.full_like(label, self.num_classes)
-        cond, uncond = self.unet(
-            torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([label, null])
-        ).chunk(2)
-        return uncond + guidance * (cond - uncond)
+        """The UNet's output at ``x_t`` (classifier-free guided with a class, ``guided``)."""
+        return self.guided(x, torch.full((x.shape[0],), t, device=x.device), label, guidance)
 
     # ---------------------------------------------------------------- checks and helpers
 
@@ -216,23 +276,7 @@ class DiffusionSampler:
     ) -> None:
         """Options that are valid alone but not for this model or together: bad input."""
         given = opts.model_fields_set
-        if label is not None and not self.num_classes:
-            raise BadInput("labels given to a model that is not class-conditional")
-        if opts.class_ is not None:
-            if not self.num_classes:
-                raise BadInput(
-                    "class=... needs a class-conditional model; this one was trained unconditionally",
-                    "Train with model.conditional=true on labelled data (recipes/ddpm-mnist-cfg.yaml).",
-                )
-            if opts.class_ >= self.num_classes:
-                raise BadInput(
-                    f"class={opts.class_} is out of range",
-                    f"This model knows classes 0..{self.num_classes - 1}.",
-                )
-        elif label is None and "guidance" in given and opts.guidance != 1.0:
-            raise BadInput(
-                "guidance=... is classifier-free guidance toward a class", "Add class=N."
-            )
+        self.check_classes(opts, label)
         if opts.method != "ddim" and "eta" in given:
             raise BadInput("eta applies to method=ddim only", "Drop eta, or use method=ddim.")
         if opts.sigmas is not None:
@@ -268,22 +312,7 @@ class DiffusionSampler:
                 f"precision=bf16 autocasts the UNet on CUDA only; this model is on {self.device.type}",
                 "Drop precision (fp32), or sample on a GPU (--device cuda).",
             )
-        if inputs is None and "strength" in given:
-            raise BadInput("strength applies to img2img", "Give input images with --input DIR.")
-        if inputs is not None and inputs.shape[1] != self.info.channels:
-            raise BadInput(
-                f"the input images have {inputs.shape[1]} channels, the model makes {self.info.channels}",
-                "Load the inputs with the model's channel count.",
-            )
-
-    def _fit(self, x: Tensor) -> Tensor:
-        """Inputs resized to the model's training size (the UNet is trained at one size)."""
-        size = self.info.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(
-                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        return x.clamp(-1, 1)
+        self.check_inputs(opts, inputs)
 
     def _guide(self, opts: DDPMSampleOptions, device: torch.device) -> tuple[GuideFn, float] | None:
         if opts.guide is None:

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+from genctl_ddpm.sampler import UNetSampling
 from pydantic import Field
 from torch import Tensor, nn
 
-from genctl.errors import BadInput
 from genctl.spec import DataInfo, Schema
 from genctl.spec import noise as draw_noise
 from genctl_flow.config import TIME_SCALE, FlowConfig
@@ -74,19 +73,19 @@ def integrate(velocity: Velocity, x: Tensor, times: list[float], method: Method)
     return x
 
 
-class FlowSampler:
+class FlowSampler(UNetSampling):
+    """ddpm's UNet sampling (device, classifier-free guidance, the training grid, the class and
+    img2img checks: ``UNetSampling``) with the flow's ODE in ``sample``."""
+
     # sample() takes a list of n generators, one per image (its start noise)
     generator_per_image = True
+    Options = FlowSampleOptions
 
     def __init__(self, config: FlowConfig, nets: dict[str, nn.Module], info: DataInfo) -> None:
         self.config = config
         self.unet = nets.get("unet_ema", nets["unet"])  # the trainer's EMA weights when kept
         self.info = info
         self.num_classes = info.num_classes if config.conditional else 0
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
 
     def sample(
         self,
@@ -133,68 +132,16 @@ class FlowSampler:
             self.unet.train(was_training)
         return self.output(x)
 
-    def output(self, x: Tensor) -> Tensor:
-        return ((x + 1) / 2).clamp(0, 1)
-
     def steps(self, opts: FlowSampleOptions) -> int:
         return opts.steps or DEFAULT_STEPS[opts.method]
 
     def predict(self, x: Tensor, t: float, label: Tensor | None, guidance: float) -> Tensor:
-        """The velocity at ``x``, time ``t``; with a class and ``guidance != 1``, classifier-free
-        guidance ``uncond + guidance * (cond - uncond)`` from one batched call."""
-        tt = torch.full((x.shape[0],), t * TIME_SCALE, device=x.device)
-        if label is None or guidance == 1.0:
-            return self.unet(x, tt, label)
-        null = torch.full_like(label, self.num_classes)
-        cond, uncond = self.unet(
-            torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([label, null])
-        ).chunk(2)
-        return uncond + guidance * (cond - uncond)
-
-    def preview(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, int]:
-        """The training-time grid (the default sampler): for a class-conditional model one row
-        per class, else ``len(batch)`` unconditional samples in a square grid."""
-        n = next(iter(batch.values())).shape[0]
-        if not self.num_classes:
-            return self.sample(n, FlowSampleOptions(), generator), max(round(n**0.5), 1)
-        per_class = max(n // self.num_classes, 1)
-        label = torch.arange(self.num_classes, device=self.device).repeat_interleave(per_class)
-        return self.sample(len(label), FlowSampleOptions(), generator, labels=label), per_class
+        """The velocity at ``x``, time ``t`` (classifier-free guided with a class, ``guided``)."""
+        return self.guided(
+            x, torch.full((x.shape[0],), t * TIME_SCALE, device=x.device), label, guidance
+        )
 
     def check(self, opts: FlowSampleOptions, inputs: Tensor | None, label: Tensor | None) -> None:
         """Options that are valid alone but not for this model or together: bad input."""
-        given = opts.model_fields_set
-        if label is not None and not self.num_classes:
-            raise BadInput("labels given to a model that is not class-conditional")
-        if opts.class_ is not None:
-            if not self.num_classes:
-                raise BadInput(
-                    "class=... needs a class-conditional model; this one was trained unconditionally",
-                    "Train with model.conditional=true on labelled data.",
-                )
-            if opts.class_ >= self.num_classes:
-                raise BadInput(
-                    f"class={opts.class_} is out of range",
-                    f"This model knows classes 0..{self.num_classes - 1}.",
-                )
-        elif label is None and "guidance" in given and opts.guidance != 1.0:
-            raise BadInput(
-                "guidance=... is classifier-free guidance toward a class", "Add class=N."
-            )
-        if inputs is None and "strength" in given:
-            raise BadInput("strength applies to img2img", "Give input images with --input DIR.")
-        if inputs is not None and inputs.shape[1] != self.info.channels:
-            raise BadInput(
-                f"the input images have {inputs.shape[1]} channels, the model makes "
-                f"{self.info.channels}",
-                "Load the inputs with the model's channel count.",
-            )
-
-    def _fit(self, x: Tensor) -> Tensor:
-        """Inputs resized to the model's training size (the UNet is trained at one size)."""
-        size = self.info.image_size
-        if x.shape[-2:] != (size, size):
-            x = F.interpolate(
-                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        return x.clamp(-1, 1)
+        self.check_classes(opts, label)
+        self.check_inputs(opts, inputs)
