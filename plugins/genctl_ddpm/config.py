@@ -9,6 +9,25 @@ from pydantic import Field, model_validator
 from genctl.spec import Schema
 
 
+def check_unet(config: Schema) -> None:
+    """The UNet keys (``genctl_ddpm.model``) of a recipe that builds this UNet: level widths
+    that the GroupNorm groups and the attention heads divide. Raises ValueError."""
+    if any(m <= 0 for m in config.channel_mults):
+        raise ValueError(f"channel_mults must be positive, got {config.channel_mults}")
+    widths = sorted({config.base_channels * m for m in config.channel_mults})
+    bad = [w for w in widths if w % config.norm_groups]
+    if bad:
+        raise ValueError(
+            f"norm_groups={config.norm_groups} does not divide the level widths {bad} "
+            f"(base_channels x channel_mults); pick a divisor of {config.base_channels}"
+        )
+    bad = [w for w in widths if w % config.attention_heads]
+    if bad:
+        raise ValueError(
+            f"attention_heads={config.attention_heads} does not divide the widths {bad}"
+        )
+
+
 class DDPMConfig(Schema):
     # --- the UNet
     base_channels: int = Field(64, gt=0)  # width of the first level
@@ -39,20 +58,7 @@ class DDPMConfig(Schema):
 
     @model_validator(mode="after")
     def _check(self) -> DDPMConfig:
-        widths = sorted({self.base_channels * m for m in self.channel_mults})
-        bad = [w for w in widths if w % self.norm_groups]
-        if bad:
-            raise ValueError(
-                f"norm_groups={self.norm_groups} does not divide the level widths {bad} "
-                f"(base_channels x channel_mults); pick a divisor of {self.base_channels}"
-            )
-        bad = [w for w in widths if w % self.attention_heads]
-        if bad:
-            raise ValueError(
-                f"attention_heads={self.attention_heads} does not divide the widths {bad}"
-            )
-        if any(m <= 0 for m in self.channel_mults):
-            raise ValueError(f"channel_mults must be positive, got {self.channel_mults}")
+        check_unet(self)
         if self.zero_terminal_snr and self.prediction != "v":
             raise ValueError(
                 "zero_terminal_snr needs prediction: v: at the last timestep abar is 0, so the "

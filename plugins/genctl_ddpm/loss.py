@@ -44,6 +44,17 @@ def min_snr_weight(schedule: NoiseSchedule, t: Tensor, gamma: float) -> Tensor:
     return clipped / (snr + 1)
 
 
+def drop_labels(batch: dict[str, Tensor], num_classes: int, p: float) -> Tensor | None:
+    """A class-conditional net's labels with a fraction ``p`` replaced by the null class
+    (``num_classes``), so the same net learns the unconditional model classifier-free guidance
+    needs; None for an unconditional net. One draw from torch's global generator per label."""
+    if not num_classes:
+        return None
+    label = batch["label"]
+    drop = torch.rand(label.shape[0], device=label.device) < p
+    return torch.where(drop, torch.full_like(label, num_classes), label)
+
+
 class DiffusionObjective:
     """One optimizer group, ``unet``, updated every step."""
 
@@ -70,11 +81,7 @@ class DiffusionObjective:
             offset = torch.randn(*x0.shape[:2], 1, 1, device=x0.device, dtype=x0.dtype)
             noise = noise + self.config.offset_noise * offset
         xt = self.noise_schedule.add_noise(x0, noise, t)
-        label = None
-        if self.num_classes:
-            label = batch["label"]
-            drop = torch.rand(n, device=x0.device) < self.config.class_dropout
-            label = torch.where(drop, torch.full_like(label, self.num_classes), label)
+        label = drop_labels(batch, self.num_classes, self.config.class_dropout)
         pred = self.unet(xt, t, label)
         target = self.noise_schedule.target(x0, noise, t)
         if self.config.min_snr_gamma is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from genctl_ddpm.config import check_unet
 from pydantic import Field, model_validator
 
 from genctl.spec import Schema
@@ -35,20 +36,7 @@ class FlowConfig(Schema):
 
     @model_validator(mode="after")
     def _check(self) -> FlowConfig:
-        if any(m <= 0 for m in self.channel_mults):
-            raise ValueError(f"channel_mults must be positive, got {self.channel_mults}")
-        widths = sorted({self.base_channels * m for m in self.channel_mults})
-        bad = [w for w in widths if w % self.norm_groups]
-        if bad:
-            raise ValueError(
-                f"norm_groups={self.norm_groups} does not divide the level widths {bad} "
-                f"(base_channels x channel_mults); pick a divisor of {self.base_channels}"
-            )
-        bad = [w for w in widths if w % self.attention_heads]
-        if bad:
-            raise ValueError(
-                f"attention_heads={self.attention_heads} does not divide the widths {bad}"
-            )
+        check_unet(self)
         # compared with the defaults, not with the keys given: a checkpoint's config holds all
         if self.time_sampling == "uniform" and (self.logit_mean, self.logit_std) != (0.0, 1.0):
             raise ValueError(

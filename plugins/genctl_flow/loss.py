@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from genctl_ddpm.loss import drop_labels
 from torch import Tensor, nn
 
 from genctl.spec import DataInfo
@@ -55,11 +56,7 @@ class FlowMatchingObjective:
         n = x0.shape[0]
         t = draw_times(self.config, n, x0.device)
         noise = torch.randn_like(x0)
-        label = None
-        if self.num_classes:
-            label = batch["label"]
-            drop = torch.rand(n, device=x0.device) < self.config.class_dropout
-            label = torch.where(drop, torch.full_like(label, self.num_classes), label)
+        label = drop_labels(batch, self.num_classes, self.config.class_dropout)
         pred = self.unet(interpolate(x0, noise, t), t * TIME_SCALE, label)
         return F.mse_loss(pred.float(), (noise - x0).float()), {}
 
