@@ -9,6 +9,18 @@ from pydantic import Field, model_validator
 from genctl.spec import Schema
 
 
+class UNetConfig(Schema):
+    """The keys of the UNet (``genctl_ddpm.model``), shared by the recipes that build it."""
+
+    base_channels: int = Field(64, gt=0)  # width of the first level
+    channel_mults: list[int] = Field([1, 2, 2, 2], min_length=1)  # width per level, x base
+    num_res_blocks: int = Field(2, gt=0)  # residual blocks per level (depth)
+    attention_resolutions: list[int] = [16]  # feature-map sides (pixels) with self-attention
+    attention_heads: int = Field(1, gt=0)
+    norm_groups: int = Field(32, gt=0)  # GroupNorm groups; must divide every level's width
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
 def check_unet(config: Schema) -> None:
     """The UNet keys (``genctl_ddpm.model``) of a recipe that builds this UNet: level widths
     that the GroupNorm groups and the attention heads divide. Raises ValueError."""
@@ -28,15 +40,8 @@ def check_unet(config: Schema) -> None:
         )
 
 
-class DDPMConfig(Schema):
-    # --- the UNet
-    base_channels: int = Field(64, gt=0)  # width of the first level
-    channel_mults: list[int] = Field([1, 2, 2, 2], min_length=1)  # width per level, x base
-    num_res_blocks: int = Field(2, gt=0)  # residual blocks per level (depth)
-    attention_resolutions: list[int] = [16]  # feature-map sides (pixels) with self-attention
-    attention_heads: int = Field(1, gt=0)
-    norm_groups: int = Field(32, gt=0)  # GroupNorm groups; must divide every level's width
-    dropout: float = Field(0.1, ge=0, lt=1)
+class DDPMConfig(UNetConfig):
+    # --- the UNet: UNetConfig's keys
     # --- the diffusion process
     timesteps: int = Field(1000, gt=1)  # T
     beta_schedule: Literal["linear", "cosine"] = "linear"

@@ -5,25 +5,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from genctl_ddpm.config import check_unet
+from genctl_ddpm.config import UNetConfig, check_unet
 from pydantic import Field, model_validator
-
-from genctl.spec import Schema
 
 # The UNet's time embedding takes t in [0, 1] scaled to the range of ddpm's timesteps, so the
 # sinusoidal frequencies see the same spread of values as in a ddpm model (it takes fractions).
 TIME_SCALE = 1000.0
 
 
-class FlowConfig(Schema):
-    # --- the UNet (genctl_ddpm.model.UNet; the keys and meanings of the ddpm family)
-    base_channels: int = Field(64, gt=0)  # width of the first level
-    channel_mults: list[int] = Field([1, 2, 2, 2], min_length=1)  # width per level, x base
-    num_res_blocks: int = Field(2, gt=0)  # residual blocks per level (depth)
-    attention_resolutions: list[int] = [16]  # feature-map sides (pixels) with self-attention
-    attention_heads: int = Field(1, gt=0)
-    norm_groups: int = Field(32, gt=0)  # GroupNorm groups; must divide every level's width
-    dropout: float = Field(0.1, ge=0, lt=1)
+class FlowConfig(UNetConfig):
+    # --- the UNet: ddpm's keys and meanings (genctl_ddpm.model.UNet, UNetConfig)
     # --- the flow: x_t = (1 - t) x_0 + t noise, the UNet predicts v = noise - x_0
     # how training draws t: logit_normal (sigmoid of a normal: more weight on the middle times,
     # Esser et al. 2024) or uniform on [0, 1]
