@@ -11,26 +11,7 @@ from genctl_ddpm.sampler import DDPMSampleOptions, DiffusionSampler
 
 from genctl.errors import BadInput
 from genctl.spec import DataInfo
-
-TINY = dict(
-    base_channels=8,
-    channel_mults=[1, 2],
-    num_res_blocks=1,
-    attention_resolutions=[4],
-    norm_groups=4,
-    dropout=0.0,
-    timesteps=100,
-)
-RGB = DataInfo("unconditional", channels=3, image_size=8)
-DIGITS = DataInfo("conditional", channels=1, image_size=8, num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.plugins.test_ddpm import DIGITS, RGB, TINY, single_thread  # noqa: F401 (autouse)
 
 
 def make(info: DataInfo = RGB, **overrides):

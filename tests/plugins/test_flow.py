@@ -30,6 +30,7 @@ from genctl.spec import DataInfo
 from genctl.tracking import get_run, local_path
 from genctl.trainer import train
 from tests.plugins.test_contract import TINY as CONTRACT_TINY
+from tests.plugins.test_ddpm import DIGITS, RGB, single_thread  # noqa: F401 (autouse)
 
 TINY = dict(
     base_channels=8,
@@ -39,17 +40,6 @@ TINY = dict(
     norm_groups=4,
     dropout=0.0,
 )
-RGB = DataInfo("unconditional", channels=3, image_size=8)
-DIGITS = DataInfo("conditional", channels=1, image_size=8, num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny convolutions run many times faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(info: DataInfo = RGB, **overrides):
